@@ -1,0 +1,113 @@
+"""Turn expression rows into token sequences (vectorised, no per-cell loop)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+PAD = -1
+"""Gene index used for padding positions in :attr:`Tokens.genes`."""
+
+
+@dataclass
+class Tokens:
+    """A batch of cells as gene-token sequences.
+
+    Attributes
+    ----------
+    genes
+        ``(B, L)`` int64 gene indices into ``var_names`` (``0 … n_vars - 1``); ``-1`` marks padding.
+        With a CLS token, position 0 holds ``-1`` too (it is not a gene); use :attr:`padding_mask`.
+    values
+        ``(B, L)`` float expression values of the tokens (0 for CLS and padding).
+    padding_mask
+        ``(B, L)`` bool, ``True`` where the position is padding.
+    """
+
+    genes: torch.Tensor
+    values: torch.Tensor
+    padding_mask: torch.Tensor
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """Number of real (non-padding) tokens per cell, ``(B,)``."""
+        return (~self.padding_mask).sum(1)
+
+
+def tokenize(
+    x: torch.Tensor,
+    max_seq_len: int,
+    *,
+    cls_token: bool = True,
+    sample: bool = False,
+    force: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tokens:
+    """Select each cell's expressed genes as a token sequence.
+
+    The genes of a cell are its non-zero entries (scGPT's ``include_zero_gene=False``). When a cell
+    expresses more than ``max_seq_len - 1`` genes (one position goes to CLS), either a uniform random
+    subset is kept (``sample=True``, scGPT's training behaviour) or the most highly expressed ones
+    (``sample=False``, deterministic, used for inference). Kept genes appear in increasing gene
+    index; padding goes to the end of each row. The sequence length of the batch is the longest cell,
+    capped at ``max_seq_len``.
+
+    Parameters
+    ----------
+    x
+        ``(B, n_vars)`` dense expression, non-negative.
+    max_seq_len
+        Maximum sequence length including the CLS token; at least 2.
+    cls_token
+        Put a CLS token at position 0 of every row.
+    sample
+        Random (``True``) or top-expressed (``False``) subset when a cell has too many genes.
+    force
+        Optional ``(B, n_vars)`` bool; genes set here are always kept, even when not expressed
+        (used for perturbed genes).
+    generator
+        Random generator for ``sample=True``.
+
+    Returns
+    -------
+    :class:`Tokens` with ``(B, L)`` tensors, ``L ≤ max_seq_len``.
+
+    Raises
+    ------
+    ValueError
+        If ``max_seq_len < 2`` or ``x`` is not 2-D.
+    """
+    if max_seq_len < 2:
+        raise ValueError(f"max_seq_len must be at least 2 (one CLS and one gene token), got {max_seq_len}.")
+    if x.ndim != 2:
+        raise ValueError(f"x must be (B, n_vars), got shape {tuple(x.shape)}.")
+    n_cells, n_vars = x.shape
+    keep = x > 0
+    if force is not None:
+        keep = keep | force
+    n_gene_slots = min(max_seq_len - int(cls_token), n_vars)
+    n_keep = int(keep.sum(1).max()) if n_cells else 0
+    n_gene_slots = max(min(n_gene_slots, n_keep), 1)
+    if sample:
+        score = torch.rand(x.shape, generator=generator, device=x.device)
+    else:
+        score = x.float().clone()
+    if force is not None:
+        # forced genes win the selection
+        score = torch.where(force, torch.full_like(score, float("inf")), score)
+    score = torch.where(keep, score, torch.full_like(score, float("-inf")))
+    top_score, idx = torch.topk(score, n_gene_slots, dim=1, sorted=False)
+    valid = top_score > float("-inf")
+    # order kept genes by index, padding last
+    idx = torch.where(valid, idx, torch.full_like(idx, n_vars))
+    idx, _ = torch.sort(idx, dim=1)
+    valid = idx < n_vars
+    genes = torch.where(valid, idx, torch.full_like(idx, PAD))
+    values = torch.gather(x, 1, idx.clamp(max=n_vars - 1)) * valid
+    pad = ~valid
+    if cls_token:
+        genes = torch.cat([torch.full_like(genes[:, :1], PAD), genes], 1)
+        values = torch.cat([torch.zeros_like(values[:, :1]), values], 1)
+        pad = torch.cat([torch.zeros_like(pad[:, :1]), pad], 1)
+    return Tokens(genes=genes, values=values.to(x.dtype), padding_mask=pad)

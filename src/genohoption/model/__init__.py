@@ -1,0 +1,5 @@
+"""User-facing models."""
+
+from ._model import GenoHoptionModel
+
+__all__ = ["GenoHoptionModel"]

@@ -1,0 +1,208 @@
+"""scGPT-style backbone whose self-attention is graph-diffusion attention.
+
+Parameter names follow the public scGPT ``TransformerModel`` (``encoder.embedding``,
+``encoder.enc_norm``, ``value_encoder.linear1``…, ``transformer_encoder.layers.{i}.self_attn.Wqkv``,
+``…out_proj``, ``linear1``, ``linear2``, ``norm1``, ``norm2``) so that official checkpoints map onto
+it key by key.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._diffusion import GraphDiffusionAttention
+from ._graph import BatchGraph
+
+
+class GeneEncoder(nn.Module):
+    """Gene-token embedding followed by LayerNorm (scGPT ``GeneEncoder``).
+
+    Parameters
+    ----------
+    n_tokens
+        Vocabulary size (genes plus special tokens).
+    d_model
+        Embedding width.
+    padding_idx
+        Token id of ``<pad>``; its embedding is zero and receives no gradient.
+    """
+
+    def __init__(self, n_tokens: int, d_model: int, padding_idx: int | None = None):
+        super().__init__()
+        self.embedding = nn.Embedding(n_tokens, d_model, padding_idx=padding_idx)
+        self.enc_norm = nn.LayerNorm(d_model)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Embed ``(B, L)`` token ids into ``(B, L, d_model)``."""
+        return self.enc_norm(self.embedding(tokens))
+
+
+class ContinuousValueEncoder(nn.Module):
+    """Encode a scalar expression value per token (scGPT ``ContinuousValueEncoder``).
+
+    ``LayerNorm(Linear(ReLU(Linear(min(x, max_value)))))`` followed by dropout.
+
+    Parameters
+    ----------
+    d_model
+        Output width.
+    dropout
+        Dropout probability.
+    max_value
+        Values are clipped at this value before encoding.
+    """
+
+    def __init__(self, d_model: int, dropout: float = 0.1, max_value: float = 512.0):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.linear1 = nn.Linear(1, d_model)
+        self.activation = nn.ReLU()
+        self.linear2 = nn.Linear(d_model, d_model)
+        self.norm = nn.LayerNorm(d_model)
+        self.max_value = max_value
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        """Encode ``(B, L)`` values into ``(B, L, d_model)``."""
+        x = torch.clamp(values.unsqueeze(-1), max=self.max_value)
+        x = self.norm(self.linear2(self.activation(self.linear1(x))))
+        return self.dropout(x)
+
+
+class GenoHoptionLayer(nn.Module):
+    """Post-LN transformer layer with graph-diffusion attention (Graph2Seq, DESIGN.md §1.3).
+
+    ``x = norm1(x + dropout1(Attn(x)))``; ``x = norm2(x + dropout2(linear2(dropout(act(linear1(x))))))``,
+    as scGPT's and BERT's post-LN layers. ``Attn`` is :class:`GraphDiffusionAttention`.
+
+    Parameters
+    ----------
+    d_model
+        Model width.
+    n_heads
+        Attention heads; must divide ``d_model``.
+    d_hid
+        Feed-forward width.
+    dropout
+        Dropout probability.
+    **attention_kwargs
+        Passed to :class:`GraphDiffusionAttention` (``attention``, ``n_hops``, ``alpha``, ``t``,
+        ``normalize``).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, d_hid: int, dropout: float = 0.1, **attention_kwargs):
+        super().__init__()
+        self.self_attn = GraphDiffusionAttention(d_model, n_heads, **attention_kwargs)
+        self.linear1 = nn.Linear(d_model, d_hid)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(d_hid, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.activation = nn.ReLU()
+
+    def forward(
+        self, x: torch.Tensor, graph: BatchGraph | None, padding_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Apply the layer to ``(B, L, d_model)``."""
+        x = self.norm1(x + self.dropout1(self.self_attn(x, graph, padding_mask)))
+        return self.norm2(x + self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x))))))
+
+
+class _LayerStack(nn.Module):
+    """Holds ``layers`` so that keys read ``transformer_encoder.layers.{i}`` as in scGPT."""
+
+    def __init__(self, layers: list[nn.Module]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+
+class ScGPTBackbone(nn.Module):
+    """scGPT-style encoder: gene embedding + value encoder, CLS at position 0, post-LN layers.
+
+    Token ids: genes ``0 … n_genes - 1``, then ``<cls>`` = ``n_genes`` and ``<pad>`` = ``n_genes + 1``.
+
+    Parameters
+    ----------
+    n_genes
+        Number of genes (``n_vars`` of the training data).
+    d_model
+        Model width (scGPT ``embsize``).
+    n_heads
+        Attention heads (scGPT ``nheads``).
+    n_layers
+        Transformer layers (scGPT ``nlayers``).
+    d_hid
+        Feed-forward width (scGPT ``d_hid``).
+    dropout
+        Dropout probability.
+    attention
+        ``"ppr"``, ``"heat"``, ``"mask"`` or ``"dense"``.
+    n_hops, alpha, t, normalize
+        Diffusion parameters (DESIGN.md §1.2; eqs. 6–10 of Cheng et al.).
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        *,
+        d_model: int = 64,
+        n_heads: int = 4,
+        n_layers: int = 2,
+        d_hid: int = 128,
+        dropout: float = 0.1,
+        attention: str = "ppr",
+        n_hops: int = 6,
+        alpha: float = 0.25,
+        t: float = 5.0,
+        normalize: bool = False,
+    ):
+        super().__init__()
+        self.n_genes = n_genes
+        self.cls_id = n_genes
+        self.pad_id = n_genes + 1
+        self.d_model = d_model
+        self.encoder = GeneEncoder(n_genes + 2, d_model, padding_idx=self.pad_id)
+        self.value_encoder = ContinuousValueEncoder(d_model, dropout)
+        attn = {"attention": attention, "n_hops": n_hops, "alpha": alpha, "t": t, "normalize": normalize}
+        self.transformer_encoder = _LayerStack(
+            [GenoHoptionLayer(d_model, n_heads, d_hid, dropout, **attn) for _ in range(n_layers)]
+        )
+
+    def token_ids(self, genes: torch.Tensor, padding_mask: torch.Tensor, cls_token: bool = True) -> torch.Tensor:
+        """Map gene indices (``-1`` = padding/CLS) to vocabulary ids, ``(B, L)``."""
+        ids = torch.where(padding_mask | (genes < 0), torch.full_like(genes, self.pad_id), genes)
+        if cls_token:
+            ids[:, 0] = self.cls_id
+        return ids
+
+    def forward(
+        self,
+        genes: torch.Tensor,
+        values: torch.Tensor,
+        padding_mask: torch.Tensor,
+        graph: BatchGraph | None,
+    ) -> torch.Tensor:
+        """Encode a batch of token sequences.
+
+        Parameters
+        ----------
+        genes
+            ``(B, L)`` gene indices, ``-1`` at CLS (position 0) and padding.
+        values
+            ``(B, L)`` expression values.
+        padding_mask
+            ``(B, L)`` bool, ``True`` at padding.
+        graph
+            Induced batch graph (see :func:`~genohoption.nn.induced_batch_graph`); ``None`` only
+            for ``attention="dense"``.
+
+        Returns
+        -------
+        ``(B, L, d_model)`` token embeddings; position 0 is the cell (CLS) embedding.
+        """
+        x = self.encoder(self.token_ids(genes, padding_mask)) + self.value_encoder(values)
+        for layer in self.transformer_encoder.layers:
+            x = layer(x, graph, padding_mask)
+        return x
