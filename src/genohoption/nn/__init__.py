@@ -1,0 +1,30 @@
+"""Neural-network building blocks: batched induced gene graphs and sparse graph-diffusion attention."""
+
+from __future__ import annotations
+
+# _backbones / _heads exports are maintained by the model layer; _diffusion / _graph by the engine
+from ._backbones import ContinuousValueEncoder, GeneEncoder, GenoHoptionLayer, ScGPTBackbone
+from ._diffusion import (
+    DiffusionStats,
+    GraphDiffusionAttention,
+    dense_diffusion_reference,
+    graph_diffusion_attention,
+    last_diffusion_stats,
+)
+from ._graph import BatchGraph, induced_batch_graph
+from ._heads import ClsDecoder
+
+__all__ = [
+    "BatchGraph",
+    "ClsDecoder",
+    "ContinuousValueEncoder",
+    "DiffusionStats",
+    "GeneEncoder",
+    "GenoHoptionLayer",
+    "GraphDiffusionAttention",
+    "ScGPTBackbone",
+    "dense_diffusion_reference",
+    "graph_diffusion_attention",
+    "induced_batch_graph",
+    "last_diffusion_stats",
+]

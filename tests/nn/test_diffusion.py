@@ -1,0 +1,264 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from genohoption.nn import (
+    BatchGraph,
+    GraphDiffusionAttention,
+    dense_diffusion_reference,
+    graph_diffusion_attention,
+    induced_batch_graph,
+    last_diffusion_stats,
+)
+
+torch.set_num_threads(1)
+
+CONFIGS = [
+    dict(method="ppr", n_hops=6, alpha=0.25),
+    dict(method="ppr", n_hops=3, alpha=0.6),
+    dict(method="heat", n_hops=6, t=5.0, normalize=False),
+    dict(method="heat", n_hops=4, t=1.5, normalize=True),
+    dict(method="mask"),
+]
+
+
+def _graph(seed=0, n_genes=30):
+    """B=4 cells of different lengths, CLS, padding, an isolated gene token, an all-padding cell."""
+    m = sp.random(n_genes, n_genes, density=0.15, random_state=seed, format="csr")
+    m.data[:] = 1.0
+    m = m.tolil()
+    m[3, :] = 0
+    m[:, 3] = 0
+    m = m.tocsr()
+    rng = np.random.default_rng(seed)
+    n_tok = 9
+    tokens = np.full((4, n_tok), -1)
+    for c, length in enumerate([9, 6, 3, 1]):
+        tokens[c, :length] = rng.choice(np.arange(4, n_genes), size=length, replace=False)
+    tokens[1, 2] = 3  # gene without neighbours: self-loop + CLS only
+    return induced_batch_graph(torch.as_tensor(tokens), torch.as_tensor(m.indptr), torch.as_tensor(m.indices))
+
+
+def _graph_no_cls_with_empty(seed=0):
+    """No CLS: padding rows are empty, and a token with only a self-loop."""
+    m = sp.random(20, 20, density=0.2, random_state=seed, format="csr")
+    m.data[:] = 1.0
+    m = m.tolil()
+    m[3, :] = 0
+    m[:, 3] = 0
+    m = m.tocsr()
+    tokens = torch.tensor([[1, 2, 3, 4, 5, 6], [7, 8, 9, -1, -1, -1]])
+    return induced_batch_graph(tokens, torch.as_tensor(m.indptr), torch.as_tensor(m.indices), cls_token=False)
+
+
+def _qkv(graph, h=3, d=5, dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shape = (graph.batch_size, h, graph.seq_len, d)
+    return [torch.randn(shape, generator=gen, dtype=dtype).mul_(1.5).requires_grad_() for _ in range(3)]
+
+
+def _rel(a, b):
+    a, b = a.detach(), b.detach()
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(map(str, c.values())))
+@pytest.mark.parametrize("make_graph", [_graph, _graph_no_cls_with_empty])
+def test_matches_dense_reference(cfg, make_graph):
+    graph = make_graph()
+    q, k, v = _qkv(graph)
+    out = graph_diffusion_attention(q, k, v, graph, **cfg)
+    ref_cfg = {"n_hops": 1, **cfg}
+    ref = dense_diffusion_reference(q, k, v, graph.to_dense_mask(), **ref_cfg)
+    assert out.shape == q.shape and out.dtype == torch.float64
+    assert _rel(out, ref) <= 1e-6
+    gout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), gout)
+    grads_ref = torch.autograd.grad(ref, (q, k, v), gout)
+    for g, gr in zip(grads, grads_ref, strict=True):
+        assert _rel(g, gr) <= 1e-6
+    # edge-less rows output 0
+    empty = graph.indptr.diff().view(graph.batch_size, 1, graph.seq_len) == 0
+    assert torch.all(out.detach().masked_select(empty[..., None]) == 0)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(map(str, c.values())))
+def test_gradcheck(cfg):
+    graph = _graph(seed=2)
+    q, k, v = _qkv(graph, h=2, d=3, seed=1)
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: graph_diffusion_attention(q, k, v, graph, **cfg), (q, k, v), eps=1e-6, atol=1e-7
+    )
+
+
+def test_only_v_requires_grad():
+    graph = _graph()
+    q, k, v = _qkv(graph)
+    q, k = q.detach(), k.detach()
+    out = graph_diffusion_attention(q, k, v, graph)
+    (gv,) = torch.autograd.grad(out.sum(), v)
+    ref = dense_diffusion_reference(q, k, v, graph.to_dense_mask())
+    (gv_ref,) = torch.autograd.grad(ref.sum(), v)
+    assert _rel(gv, gv_ref) <= 1e-6
+
+
+def _fixed_attention_graph():
+    """One cell, no CLS, complete graph on 4 tokens; q = k = 0 makes A exactly uniform (1/4)."""
+    n = 4
+    indptr = torch.arange(0, n * n + 1, n)
+    indices = torch.arange(n).repeat(n)
+    return BatchGraph(indptr, indices, 1, n)
+
+
+def test_ppr_and_heat_closed_series():
+    graph = _fixed_attention_graph()
+    gen = torch.Generator().manual_seed(3)
+    v = torch.randn(1, 1, 4, 2, generator=gen, dtype=torch.float64)
+    z = torch.zeros_like(v)
+    a = torch.full((4, 4), 0.25, dtype=torch.float64)
+    vv = v[0, 0]
+    n_hops, alpha, t = 5, 0.3, 2.0
+    apow = [torch.linalg.matrix_power(a, i) for i in range(n_hops + 1)]
+    ppr = (
+        sum(alpha * (1 - alpha) ** i * apow[i] @ vv for i in range(n_hops))
+        + (1 - alpha) ** n_hops * apow[n_hops] @ vv
+    )
+    out = graph_diffusion_attention(z, z, v, graph, method="ppr", n_hops=n_hops, alpha=alpha)
+    assert _rel(out[0, 0], ppr) <= 1e-12
+    heat = math.exp(-t) * sum(t**i / math.factorial(i) * apow[i] @ vv for i in range(n_hops + 1))
+    out = graph_diffusion_attention(z, z, v, graph, method="heat", n_hops=n_hops, t=t)
+    assert _rel(out[0, 0], heat) <= 1e-12
+    weights = math.exp(-t) * sum(t**i / math.factorial(i) for i in range(n_hops + 1))
+    out = graph_diffusion_attention(z, z, v, graph, method="heat", n_hops=n_hops, t=t, normalize=True)
+    assert _rel(out[0, 0], heat / weights) <= 1e-12
+    out = graph_diffusion_attention(z, z, v, graph, method="mask")
+    assert _rel(out[0, 0], a @ vv) <= 1e-12
+
+
+def test_adaptive_hops():
+    graph = _graph()
+    q, k, v = _qkv(graph)
+    out = graph_diffusion_attention(q, k, v, graph, method="ppr", n_hops=50, tol=1e-3)
+    stats = last_diffusion_stats()
+    assert stats.converged and 1 <= stats.n_hops < 50 and stats.residual < 1e-3
+    ref = dense_diffusion_reference(q, k, v, graph.to_dense_mask(), method="ppr", n_hops=stats.n_hops)
+    assert _rel(out, ref) <= 1e-6
+    g, gr = (torch.autograd.grad(x.sum(), q)[0] for x in (out, ref))
+    assert _rel(g, gr) <= 1e-6
+    out = graph_diffusion_attention(q, k, v, graph, method="heat", n_hops=30, tol=1e-4, normalize=True)
+    stats = last_diffusion_stats()
+    ref = dense_diffusion_reference(
+        q, k, v, graph.to_dense_mask(), method="heat", n_hops=stats.n_hops, normalize=True
+    )
+    assert stats.n_hops < 30 and _rel(out, ref) <= 1e-6
+
+
+@pytest.mark.parametrize("method", ["ppr", "heat", "mask"])
+def test_bfloat16_and_float32(method):
+    graph = _graph()
+    q, k, v = _qkv(graph, h=2, d=8)
+    ref = dense_diffusion_reference(q, k, v, graph.to_dense_mask(), method=method)
+    gref = torch.autograd.grad(ref.sum(), (q, k, v))
+    # float32: 1e-5; bfloat16 inputs (8-bit mantissa, computed in float32): 3e-2
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
+        qs, ks, vs = (x.detach().to(dtype).requires_grad_() for x in (q, k, v))
+        out = graph_diffusion_attention(qs, ks, vs, graph, method=method)
+        assert out.dtype == dtype
+        assert _rel(out.double(), ref) <= tol
+        grads = torch.autograd.grad(out.float().sum(), (qs, ks, vs))
+        for g, gr in zip(grads, gref, strict=True):
+            assert g.dtype == dtype
+            assert _rel(g.double(), gr) <= 3 * tol
+
+
+def test_deterministic():
+    graph = _graph()
+    results = []
+    for _ in range(2):
+        q, k, v = _qkv(graph, dtype=torch.float32, seed=7)
+        out = graph_diffusion_attention(q, k, v, graph, method="heat")
+        grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+        results.append((out, *grads))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_module_dense_equals_multihead_attention():
+    torch.manual_seed(0)
+    d_model, h = 16, 4
+    attn = GraphDiffusionAttention(d_model, h, attention="dense")
+    mha = torch.nn.MultiheadAttention(d_model, h, batch_first=True)
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(attn.Wqkv.weight)
+        mha.in_proj_bias.copy_(attn.Wqkv.bias)
+        mha.out_proj.weight.copy_(attn.out_proj.weight)
+        mha.out_proj.bias.copy_(attn.out_proj.bias)
+    x = torch.randn(3, 7, d_model)
+    kpm = torch.zeros(3, 7, dtype=torch.bool)
+    kpm[1, 5:] = True
+    kpm[2, 2:] = True
+    out = attn(x, key_padding_mask=kpm)
+    ref, _ = mha(x, x, x, key_padding_mask=kpm, need_weights=False)
+    assert (out - ref).abs().max() <= 1e-5
+    out = attn(x)
+    ref, _ = mha(x, x, x, need_weights=False)
+    assert (out - ref).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("attention", ["ppr", "heat", "mask"])
+def test_module_sparse_matches_functional(attention):
+    torch.manual_seed(0)
+    graph = _graph()
+    d_model, h = 12, 3
+    attn = GraphDiffusionAttention(d_model, h, attention=attention, n_hops=4).double()
+    x = torch.randn(graph.batch_size, graph.seq_len, d_model, dtype=torch.float64, requires_grad=True)
+    out = attn(x, graph)
+    qkv = attn.Wqkv(x).view(*x.shape[:2], 3, h, d_model // h)
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    ref = dense_diffusion_reference(q, k, v, graph.to_dense_mask(), method=attention, n_hops=4)
+    ref = attn.out_proj(ref.transpose(1, 2).reshape(x.shape))
+    assert _rel(out, ref) <= 1e-6
+    g1 = torch.autograd.grad(out.sum(), (x, attn.Wqkv.weight))
+    g2 = torch.autograd.grad(ref.sum(), (x, attn.Wqkv.weight))
+    for a, b in zip(g1, g2, strict=True):
+        assert _rel(a, b) <= 1e-6
+    assert "n_heads=3" in repr(attn)
+
+
+def test_errors():
+    graph = _graph()
+    q, k, v = _qkv(graph)
+    with pytest.raises(ValueError, match="choose one of 'ppr', 'heat', 'mask'"):
+        graph_diffusion_attention(q, k, v, graph, method="dense")
+    with pytest.raises(ValueError, match="n_hops"):
+        graph_diffusion_attention(q, k, v, graph, n_hops=0)
+    with pytest.raises(ValueError, match="alpha"):
+        graph_diffusion_attention(q, k, v, graph, alpha=0.0)
+    with pytest.raises(ValueError, match="alpha"):
+        graph_diffusion_attention(q, k, v, graph, alpha=1.5)
+    with pytest.raises(ValueError, match="t \\(heat"):
+        graph_diffusion_attention(q, k, v, graph, method="heat", t=0.0)
+    with pytest.raises(ValueError, match="tol"):
+        graph_diffusion_attention(q, k, v, graph, tol=-1.0)
+    with pytest.raises(ValueError, match="shape"):
+        graph_diffusion_attention(q, k[:, :, :-1], v, graph)
+    with pytest.raises(ValueError, match="batch_size, seq_len"):
+        graph_diffusion_attention(q[:2], k[:2], v[:2], graph)
+    with pytest.raises(TypeError, match="BatchGraph"):
+        graph_diffusion_attention(q, k, v, graph.to_dense_mask())
+    with pytest.raises(ValueError, match="mask must be"):
+        dense_diffusion_reference(q, k, v, graph.to_dense_mask()[:, :2], method="ppr")
+    with pytest.raises(ValueError, match="choose one of"):
+        GraphDiffusionAttention(8, 2, attention="flash")
+    with pytest.raises(ValueError, match="multiple of n_heads"):
+        GraphDiffusionAttention(10, 3)
+    attn = GraphDiffusionAttention(8, 2)
+    with pytest.raises(ValueError, match="needs the batch graph"):
+        attn(torch.randn(1, 3, 8))
+    with pytest.raises(ValueError, match="x must have shape"):
+        attn(torch.randn(1, 3, 7), graph)
