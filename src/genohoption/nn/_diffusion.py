@@ -185,6 +185,29 @@ def _forward_hops(a_mat, v, rec: _Recurrence, n_hops: int, tol: float | None):
     return result, hops, residual
 
 
+def _reverse_hop_inputs(a_mat, x0, v, rec: _Recurrence, n_hops: int):
+    """Yield ``X_{K-1}, ..., X_0`` by checkpointed recomputation.
+
+    Checkpoints every ``s = ceil(sqrt(K))`` hops, then recomputes one segment at a time, so at most
+    ``K / s + s`` hop outputs are alive (3 instead of 5 new arrays for K = 6) for about ``K`` extra hops.
+    """
+    seg = max(1, math.ceil(math.sqrt(n_hops)))
+    last = ((n_hops - 1) // seg) * seg
+    ckpt = {0: x0}
+    x = x0
+    for kk in range(1, last + 1):
+        x = _hop(a_mat, x, v, rec.a(kk), rec.b(kk), torch.empty_like(v))
+        if kk % seg == 0:
+            ckpt[kk] = x
+    del x
+    for start in range(last, -1, -seg):
+        xs = [ckpt.pop(start)]
+        for kk in range(start + 1, min(start + seg, n_hops)):
+            xs.append(_hop(a_mat, xs[-1], v, rec.a(kk), rec.b(kk), torch.empty_like(v)))
+        while xs:
+            yield xs.pop()
+
+
 class _GraphDiffusion(torch.autograd.Function):
     """Edge softmax + power iteration with a memory-lean hand-written backward."""
 
@@ -228,11 +251,9 @@ class _GraphDiffusion(torch.autograd.Function):
         a_mat = _csr(layout.crow, layout.col, a_vals, n)
         at_mat = _csr(layout.t_crow, layout.t_col, a_vals.index_select(0, layout.t_perm), n)
 
-        # recompute the hop inputs X_0 .. X_{K-1} (not stored by the forward pass)
-        xs = [v if rec.c0 == 1.0 else v * rec.c0]
-        if need_qk:
-            for kk in range(1, n_hops):
-                xs.append(_hop(a_mat, xs[-1], v, rec.a(kk), rec.b(kk), torch.empty_like(v)))
+        # hop inputs X_{K-1}, ..., X_0, recomputed (not stored by the forward pass), O(sqrt K) alive
+        x0 = v if rec.c0 == 1.0 else v * rec.c0
+        inputs = _reverse_hop_inputs(a_mat, x0, v, rec, n_hops) if need_qk else None
 
         d_a = torch.zeros_like(a_vals)
         d_a_mat = _csr(layout.crow, layout.col, d_a, n)
@@ -242,8 +263,9 @@ class _GraphDiffusion(torch.autograd.Function):
         for kk in range(n_hops, 0, -1):
             a_k, b_k = rec.a(kk), rec.b(kk)
             if need_qk:
-                torch.sparse.sampled_addmm(d_a_mat, gbar, xs[kk - 1].t(), beta=1.0, alpha=a_k, out=d_a_mat)
-                xs[kk - 1] = None if kk > 1 else xs[0]
+                x_prev = next(inputs)
+                torch.sparse.sampled_addmm(d_a_mat, gbar, x_prev.t(), beta=1.0, alpha=a_k, out=d_a_mat)
+                del x_prev
             if b_k != 0.0:
                 dv = gbar * b_k if dv is None else dv.add_(gbar, alpha=b_k)
             out = spare[kk % 2]
@@ -255,7 +277,7 @@ class _GraphDiffusion(torch.autograd.Function):
                 torch.addmm(out, at_mat, gbar, beta=0.0, alpha=a_k, out=out)
             gbar = out
         dv = gbar * rec.c0 if dv is None else dv.add_(gbar, alpha=rec.c0)
-        del spare, gbar, xs
+        del spare, gbar, inputs
 
         dq = dk = None
         if need_qk:
