@@ -4,7 +4,7 @@ The matrix ``X`` is ``(n_cells, n_genes)``. For genes ``i`` and ``j`` with means
 standard deviations ``s``, ``r_ij = sum_c z_ci x_cj / (n s_j)`` with ``z_ci = (x_ci - m_i) / s_i``: as
 ``z_i`` sums to zero, only one side of each product needs centring. The exact kernel standardises
 a block ``I`` of genes densely, multiplies it with dense copies of the raw blocks ``J >= I``
-(float32 BLAS; ``syrk`` on the diagonal, so every pair is computed once) and keeps a running top-k
+(float32 BLAS GEMM; the diagonal block in upper tiles, so every pair is computed about once) and keeps a running top-k
 per gene, updating the rows of ``I`` with ``C`` and the rows of ``J`` with ``C.T``. Memory is the
 (sparse) input, one CSC copy of it, and two dense gene blocks.
 """
@@ -16,7 +16,6 @@ import math
 
 import numpy as np
 from scipy import sparse
-from scipy.linalg import blas
 
 logger = logging.getLogger(__name__)
 
@@ -187,18 +186,27 @@ def coexpression_topk_exact(
     inv = np.where(const, 0.0, 1.0 / np.where(const, 1.0, std * math.sqrt(n))).astype(np.float32)
     mean32 = mean.astype(np.float32)
     top = _TopK(g, k, min_corr)
+    bD = max(1, bJ // 2)  # tiles of the diagonal block
     for i0 in range(0, g, bI):
         i1 = min(i0 + bI, g)
         zI = gm.block(i0, i1)
         zI -= mean32[i0:i1]
         zI *= inv[i0:i1]
-        # diagonal block: syrk on the F-ordered view zI.T (b x n) gives zI.T @ zI (upper triangle)
-        C = blas.ssyrk(1.0, zI.T, trans=0)
-        C = np.triu(C, 1)
-        C += C.T
-        np.abs(C, out=C)
-        top.update(C, i0, i0)
-        del C
+        # diagonal block: upper tiles only, as GEMMs on column slices of zI (no copies)
+        for p0 in range(0, i1 - i0, bD):
+            p1 = min(p0 + bD, i1 - i0)
+            for q0 in range(p0, i1 - i0, bD):
+                q1 = min(q0 + bD, i1 - i0)
+                C = zI[:, p0:p1].T @ zI[:, q0:q1]
+                np.abs(C, out=C)
+                if q0 == p0:
+                    np.fill_diagonal(C, 0.0)
+                    top.update(C, i0 + p0, i0 + q0)
+                else:
+                    top.update(C, i0 + p0, i0 + q0)
+                    top.update(C, i0 + q0, i0 + p0, transpose=True)
+                del C
+        # off-diagonal blocks: zI.T @ raw x_J (z_I sums to zero, so x_J needs no centring)
         for j0 in range(i1, g, bJ):
             j1 = min(j0 + bJ, g)
             xJ = gm.block(j0, j1)
