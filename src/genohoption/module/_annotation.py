@@ -31,6 +31,8 @@ class AnnotationModule(BaseModuleClass):
         Maximum tokens per cell including CLS.
     n_cls_layers
         Layers of the classifier head.
+    cls_input_norm
+        Standardise the CLS embedding before the head (see :class:`~genohoption.nn.ClsDecoder`).
     **backbone_kwargs
         Passed to :class:`~genohoption.nn.ScGPTBackbone`.
     """
@@ -44,6 +46,7 @@ class AnnotationModule(BaseModuleClass):
         *,
         max_seq_len: int = 512,
         n_cls_layers: int = 3,
+        cls_input_norm: bool = True,
         **backbone_kwargs,
     ):
         super().__init__()
@@ -52,7 +55,7 @@ class AnnotationModule(BaseModuleClass):
         self.register_buffer("graph_indptr", graph_indptr.to(torch.int64).clone())
         self.register_buffer("graph_indices", graph_indices.to(torch.int64).clone())
         self.backbone = ScGPTBackbone(n_genes, **backbone_kwargs)
-        self.cls_decoder = ClsDecoder(self.backbone.d_model, n_labels, n_cls_layers)
+        self.cls_decoder = ClsDecoder(self.backbone.d_model, n_labels, n_cls_layers, input_norm=cls_input_norm)
 
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"x": tensors[REGISTRY_KEYS.X_KEY]}

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 from sklearn.metrics import confusion_matrix as _confusion
 
 from .._constants import PREDICTION_KEY
@@ -27,7 +26,7 @@ def _finish(ax: Axes, show: bool | None) -> Axes | None:
 
 def training_history(
     model: GenoHoptionModel,
-    keys: tuple[str, ...] = ("train_loss_epoch", "validation_loss"),
+    keys: tuple[str, ...] = ("train_loss", "validation_loss"),
     *,
     ax: Axes | None = None,
     show: bool | None = None,
@@ -120,5 +119,4 @@ def confusion_matrix(
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    ax.matrix_ = pd.DataFrame(cm, index=classes, columns=classes)
     return _finish(ax, show)
