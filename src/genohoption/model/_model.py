@@ -222,7 +222,7 @@ class GenoHoptionModel(UnsupervisedTrainingMixin, BaseModelClass):
 
         A random ``1 - train_size`` of the cells is held out for validation; training stops early when
         ``validation_loss`` (cross-entropy) stops improving. Losses and accuracies per epoch are in
-        :attr:`history_` (``train_loss_epoch``, ``validation_loss``, ``accuracy_train``,
+        :attr:`history_` (``train_loss``, ``validation_loss``, ``accuracy_train``,
         ``accuracy_validation``).
 
         Parameters
