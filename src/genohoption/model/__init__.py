@@ -1,5 +1,23 @@
 """User-facing models."""
 
 from ._model import GenoHoptionModel
+from ._pretrained import (
+    CheckpointError,
+    GeneMapping,
+    PretrainedCheckpoint,
+    PretrainedReport,
+    load_pretrained_weights,
+    map_genes,
+    read_pretrained,
+)
 
-__all__ = ["GenoHoptionModel"]
+__all__ = [
+    "CheckpointError",
+    "GeneMapping",
+    "GenoHoptionModel",
+    "PretrainedCheckpoint",
+    "PretrainedReport",
+    "load_pretrained_weights",
+    "map_genes",
+    "read_pretrained",
+]

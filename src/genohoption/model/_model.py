@@ -21,6 +21,7 @@ from scvi.utils import setup_anndata_dsp
 from .. import _constants as K
 from ..module import AnnotationModule
 from ._io import load_model_files, save_model_files
+from ._pretrained import load_pretrained_weights, map_genes, read_pretrained
 from ._validate import check_graph, check_labels, check_unique_var_names, check_values, get_matrix
 
 if TYPE_CHECKING:
@@ -46,7 +47,8 @@ class GenoHoptionModel(UnsupervisedTrainingMixin, BaseModelClass):
     adata
         AnnData registered with :meth:`setup_anndata`, ``(n_obs, n_vars)``.
     backbone
-        Backbone architecture; ``"scgpt"`` is the one available.
+        ``"scgpt"`` (gene embedding + value encoder, CLS embedding) or ``"geneformer"`` (BERT on
+        rank-value encoded genes, mean-pooled embedding; expects raw counts).
     attention
         ``"ppr"`` (GenoHoption-p), ``"heat"`` (GenoHoption-h), ``"mask"`` (one hop of masked attention,
         the paper's "w/o iter" ablation) or ``"dense"`` (ordinary full attention, the baseline).
@@ -68,11 +70,38 @@ class GenoHoptionModel(UnsupervisedTrainingMixin, BaseModelClass):
         during training and their most expressed genes at inference.
     n_cls_layers
         Layers of the classifier head.
+    pretrained
+        Directory of an official checkpoint of ``backbone`` (scGPT: ``best_model.pt``, ``args.json``,
+        ``vocab.json``; Geneformer: Hugging Face BERT directory with its token and gene-median
+        dictionaries), read safely by :func:`genohoption.model.read_pretrained`. Every pretrained weight
+        is reused, only the attention pattern changes; the architecture sizes (``d_model``, ``n_heads``,
+        ``n_layers``, ``d_hid``, ``n_cls_layers``) come from the checkpoint and the arguments are
+        ignored. What was loaded is in :attr:`pretrained_report_`.
+    gene_symbols
+        Column of ``adata.var`` with the gene identifiers to match against the pretrained vocabulary
+        (scGPT: symbols; Geneformer: Ensembl ids, or symbols translated with ``gene_name_id_dict.pkl``);
+        default ``var_names``. Unmatched genes are dropped from the token sequences.
+    backbone_config
+        Architecture of a pretrained backbone; set by ``pretrained`` and restored by :meth:`load`, not
+        meant to be given by hand.
+
+    Attributes
+    ----------
+    pretrained_report_
+        :class:`~genohoption.model.PretrainedReport` (matched / missing / unexpected keys, shape
+        mismatches, genes matched) when ``pretrained`` was given, else ``None``.
 
     Raises
     ------
     ValueError
-        For an unknown ``backbone`` / ``attention``, ``max_seq_len < 2`` or non-positive sizes.
+        For an unknown ``backbone`` / ``attention``, ``max_seq_len < 2`` or non-positive sizes, or when
+        no gene matches the pretrained vocabulary.
+    FileNotFoundError
+        If a file of the ``pretrained`` checkpoint is missing.
+    genohoption.model.CheckpointError
+        If the checkpoint does not fit (missing keys, wrong shapes), naming the keys.
+    genohoption._safe_pickle.UnsafePickleError
+        If a checkpoint file carries code (it is not executed).
 
     Examples
     --------
@@ -90,7 +119,7 @@ class GenoHoptionModel(UnsupervisedTrainingMixin, BaseModelClass):
         self,
         adata: AnnData | None = None,
         *,
-        backbone: Literal["scgpt"] = "scgpt",
+        backbone: Literal["scgpt", "geneformer"] = "scgpt",
         attention: Attention = "ppr",
         n_hops: int = 6,
         alpha: float = 0.25,
@@ -103,10 +132,13 @@ class GenoHoptionModel(UnsupervisedTrainingMixin, BaseModelClass):
         dropout: float = 0.1,
         max_seq_len: int = 512,
         n_cls_layers: int = 3,
+        pretrained: str | os.PathLike | None = None,
+        gene_symbols: str | None = None,
+        backbone_config: dict | None = None,
         registry: dict | None = None,
     ):
-        if backbone != "scgpt":
-            raise ValueError(f"backbone={backbone!r} is not available; use backbone='scgpt'.")
+        if backbone not in ("scgpt", "geneformer"):
+            raise ValueError(f"backbone={backbone!r} is not available; use 'scgpt' or 'geneformer'.")
         if attention not in K.ATTENTIONS:
             raise ValueError(f"attention={attention!r} is unknown; choose one of {K.ATTENTIONS}.")
         if max_seq_len < 2:
@@ -114,10 +146,21 @@ class GenoHoptionModel(UnsupervisedTrainingMixin, BaseModelClass):
         if min(d_model, n_heads, n_layers, d_hid, n_hops) < 1 or d_model % n_heads:
             raise ValueError("d_model, n_heads, n_layers, d_hid and n_hops must be positive, "
                              f"and n_heads must divide d_model (got d_model={d_model}, n_heads={n_heads}).")
+        checkpoint = genes = None
+        if pretrained is not None:
+            if adata is None:
+                raise ValueError("pretrained= needs adata: its genes are mapped to the checkpoint's vocabulary.")
+            checkpoint = read_pretrained(pretrained, backbone)
+            if gene_symbols is not None and gene_symbols not in adata.var:
+                raise KeyError(f"gene_symbols={gene_symbols!r} is not a column of adata.var.")
+            ids = adata.var[gene_symbols] if gene_symbols is not None else adata.var_names
+            genes = map_genes(ids, checkpoint, source=f"adata.var[{gene_symbols!r}]" if gene_symbols else "var_names")
+            backbone_config = {**checkpoint.backbone_config, "n_genes_matched": genes.n_matched}
         super().__init__(adata, registry=registry)
         self.init_params_ = self._get_init_params(locals())
         self.init_params_["non_kwargs"].pop("registry", None)
         self.init_params_["kwargs"].pop("registry", None)
+        self.init_params_["non_kwargs"]["pretrained"] = None  # the architecture travels in backbone_config
         if adata is not None:
             graph_key = self.registry_["setup_args"]["graph_key"]
             graph = (
@@ -132,7 +175,10 @@ class GenoHoptionModel(UnsupervisedTrainingMixin, BaseModelClass):
             graph_indptr=indptr,
             graph_indices=indices,
             max_seq_len=max_seq_len,
-            n_cls_layers=n_cls_layers,
+            n_cls_layers=(backbone_config or {}).get("n_cls_layers", n_cls_layers),
+            cls_input_norm=backbone_config is None,  # pretrained: scGPT's own ClsDecoder
+            backbone=backbone,
+            backbone_config=backbone_config,
             d_model=d_model,
             n_heads=n_heads,
             n_layers=n_layers,
@@ -144,9 +190,23 @@ class GenoHoptionModel(UnsupervisedTrainingMixin, BaseModelClass):
             t=t,
             normalize=normalize_heat,
         )
+        self.pretrained_report_ = None
+        if checkpoint is not None:
+            self.pretrained_report_ = load_pretrained_weights(self.module, checkpoint, genes)
+        if backbone == "geneformer" and adata is not None:
+            sample = get_matrix(adata, self.registry_["setup_args"]["layer"])[:200]
+            sample = sample.data if sp.issparse(sample) else np.asarray(sample)
+            if sample.size and not np.allclose(sample, np.round(sample)):
+                warnings.warn(
+                    "backbone='geneformer' ranks genes by normalised raw counts, but the registered matrix is "
+                    "not integer: register a counts layer with setup_anndata(adata, layer='counts').",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        source = f", pretrained={backbone_config['source']}" if backbone_config else ""
         self._model_summary_string = (
-            f"GenoHoptionModel: backbone={backbone}, attention={attention}, n_hops={n_hops}, "
-            f"alpha={alpha}, t={t}, d_model={d_model}, n_layers={n_layers}, n_heads={n_heads}, "
+            f"GenoHoptionModel: backbone={backbone}{source}, attention={attention}, n_hops={n_hops}, "
+            f"alpha={alpha}, t={t}, d_model={self.module.backbone.d_model}, "
             f"genes={self.summary_stats.n_vars}, cell types={self.summary_stats.n_labels}, "
             f"graph edges={int(indices.numel())}"
         )

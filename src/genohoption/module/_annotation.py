@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
-from ..data._tokenize import tokenize
-from ..nn import ClsDecoder, ScGPTBackbone, induced_batch_graph
+from ..data._tokenize import Tokens
+from ..nn import ClsDecoder
+from ._inputs import backbone_graph, backbone_tokens, build_backbone, cell_embedding
 
 
 class AnnotationModule(BaseModuleClass):
@@ -33,8 +34,14 @@ class AnnotationModule(BaseModuleClass):
         Layers of the classifier head.
     cls_input_norm
         Standardise the CLS embedding before the head (see :class:`~genohoption.nn.ClsDecoder`).
+    backbone
+        ``"scgpt"`` (:class:`~genohoption.nn.ScGPTBackbone`, CLS embedding) or ``"geneformer"``
+        (:class:`~genohoption.nn.GeneformerBackbone`, rank-value tokens, mean-pooled embedding).
+    backbone_config
+        Architecture of a pretrained checkpoint (see :func:`genohoption.model.read_pretrained`);
+        ``None`` trains from scratch.
     **backbone_kwargs
-        Passed to :class:`~genohoption.nn.ScGPTBackbone`.
+        Sizes, dropout and attention arguments of the backbone.
     """
 
     def __init__(
@@ -47,6 +54,8 @@ class AnnotationModule(BaseModuleClass):
         max_seq_len: int = 512,
         n_cls_layers: int = 3,
         cls_input_norm: bool = True,
+        backbone: str = "scgpt",
+        backbone_config: dict | None = None,
         **backbone_kwargs,
     ):
         super().__init__()
@@ -54,7 +63,9 @@ class AnnotationModule(BaseModuleClass):
         self.attention = backbone_kwargs.get("attention", "ppr")
         self.register_buffer("graph_indptr", graph_indptr.to(torch.int64).clone())
         self.register_buffer("graph_indices", graph_indices.to(torch.int64).clone())
-        self.backbone = ScGPTBackbone(n_genes, **backbone_kwargs)
+        self.n_bins = (backbone_config or {}).get("n_bins")  # scGPT value binning of pretrained models
+        self.backbone = build_backbone(n_genes, backbone, backbone_config,
+                                       {**backbone_kwargs, "max_seq_len": max_seq_len})
         self.cls_decoder = ClsDecoder(self.backbone.d_model, n_labels, n_cls_layers, input_norm=cls_input_norm)
 
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -69,16 +80,24 @@ class AnnotationModule(BaseModuleClass):
         During training a random subset of expressed genes is kept when a cell has more than
         ``max_seq_len - 1``; in evaluation mode the most expressed ones.
         """
-        tokens = tokenize(x, self.max_seq_len, cls_token=True, sample=self.training)
+        return self.encode_tokens(x)[0]
+
+    def encode_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, Tokens]:
+        """As :meth:`encode`, also returning the :class:`~genohoption.data.Tokens` of the batch."""
+        tokens = backbone_tokens(self.backbone, x, self.max_seq_len, sample=self.training, n_bins=self.n_bins)
         graph = None
         if self.attention != "dense":
-            graph = induced_batch_graph(tokens.genes, self.graph_indptr, self.graph_indices, cls_token=True)
-        return self.backbone(tokens.genes, tokens.values, tokens.padding_mask, graph)
+            graph = backbone_graph(self.backbone, tokens, self.graph_indptr, self.graph_indices)
+        return self.backbone(tokens.genes, tokens.values, tokens.padding_mask, graph), tokens
 
     @auto_move_data
     def inference(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Return the CLS embedding ``z`` ``(B, d_model)`` and class ``logits`` ``(B, n_labels)``."""
-        z = self.encode(x.float())[:, 0]
+        """Return the cell embedding ``z`` ``(B, d_model)`` and class ``logits`` ``(B, n_labels)``.
+
+        ``z`` is the CLS output (scGPT) or the mean of the gene tokens' outputs (Geneformer).
+        """
+        h, tokens = self.encode_tokens(x.float())
+        z = cell_embedding(self.backbone, h, tokens)
         return {"z": z, "logits": self.cls_decoder(z)}
 
     def generative(self) -> dict:

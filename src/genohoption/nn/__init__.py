@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 # _backbones / _heads exports are maintained by the model layer; _diffusion / _graph by the engine
-from ._backbones import ContinuousValueEncoder, GeneEncoder, GenoHoptionLayer, ScGPTBackbone
+from ._backbones import (
+    CategoryValueEncoder,
+    ContinuousValueEncoder,
+    ExprDecoder,
+    GeneEncoder,
+    GenoHoptionLayer,
+    ScGPTBackbone,
+)
 from ._diffusion import (
     DiffusionStats,
     GraphDiffusionAttention,
@@ -11,15 +18,20 @@ from ._diffusion import (
     graph_diffusion_attention,
     last_diffusion_stats,
 )
+from ._geneformer import GeneformerBackbone, GeneformerLayer
 from ._graph import BatchGraph, induced_batch_graph
 from ._heads import ClsDecoder
 
 __all__ = [
     "BatchGraph",
+    "CategoryValueEncoder",
     "ClsDecoder",
     "ContinuousValueEncoder",
     "DiffusionStats",
+    "ExprDecoder",
     "GeneEncoder",
+    "GeneformerBackbone",
+    "GeneformerLayer",
     "GenoHoptionLayer",
     "GraphDiffusionAttention",
     "ScGPTBackbone",

@@ -69,6 +69,55 @@ class ContinuousValueEncoder(nn.Module):
         return self.dropout(x)
 
 
+class CategoryValueEncoder(nn.Module):
+    """Encode a binned expression value per token (scGPT ``CategoryValueEncoder``).
+
+    ``LayerNorm(Embedding(bin))`` (keys ``value_encoder.embedding``, ``value_encoder.enc_norm``), used by
+    scGPT checkpoints with ``input_emb_style="category"``.
+
+    Parameters
+    ----------
+    n_bins
+        Number of embedding rows (scGPT ``n_input_bins``, usually ``n_bins + 2``).
+    d_model
+        Output width.
+    padding_idx
+        Bin id of padding (scGPT ``pad_value``); its embedding receives no gradient.
+    """
+
+    def __init__(self, n_bins: int, d_model: int, padding_idx: int | None = None):
+        super().__init__()
+        self.embedding = nn.Embedding(n_bins, d_model, padding_idx=padding_idx)
+        self.enc_norm = nn.LayerNorm(d_model)
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        """Encode ``(B, L)`` bin ids (any dtype; rounded down) into ``(B, L, d_model)``."""
+        return self.enc_norm(self.embedding(values.long()))
+
+
+class ExprDecoder(nn.Module):
+    """Per-token expression decoder (scGPT ``ExprDecoder``): ``d → d → d → 1`` with LeakyReLU.
+
+    Keys ``decoder.fc.0``, ``decoder.fc.2``, ``decoder.fc.4`` as in scGPT checkpoints.
+
+    Parameters
+    ----------
+    d_model
+        Input width.
+    """
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.fc = nn.Sequential(
+            nn.Linear(d_model, d_model), nn.LeakyReLU(), nn.Linear(d_model, d_model), nn.LeakyReLU(),
+            nn.Linear(d_model, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``(B, L, d_model)`` to predicted values ``(B, L)``."""
+        return self.fc(x).squeeze(-1)
+
+
 class GenoHoptionLayer(nn.Module):
     """Post-LN transformer layer with graph-diffusion attention (Graph2Seq, DESIGN.md §1.3).
 
@@ -121,7 +170,11 @@ class _LayerStack(nn.Module):
 class ScGPTBackbone(nn.Module):
     """scGPT-style encoder: gene embedding + value encoder, CLS at position 0, post-LN layers.
 
-    Token ids: genes ``0 … n_genes - 1``, then ``<cls>`` = ``n_genes`` and ``<pad>`` = ``n_genes + 1``.
+    Token ids, from scratch: genes ``0 … n_genes - 1``, then ``<cls>`` = ``n_genes`` and ``<pad>`` =
+    ``n_genes + 1``. With a pretrained vocabulary (``gene_to_token`` given): gene ``g`` is token
+    ``gene_to_token[g]`` (``-1``: not in the vocabulary, never a token), ``<cls>`` = ``cls_id``,
+    ``<pad>`` = ``pad_id``; the embedding then has ``n_tokens`` rows (see
+    :func:`genohoption.model.read_pretrained`).
 
     Parameters
     ----------
@@ -141,6 +194,18 @@ class ScGPTBackbone(nn.Module):
         ``"ppr"``, ``"heat"``, ``"mask"`` or ``"dense"``.
     n_hops, alpha, t, normalize
         Diffusion parameters (DESIGN.md §1.2; eqs. 6–10 of Cheng et al.).
+    gene_to_token
+        ``(n_genes,)`` int64 vocabulary id of each gene (``-1`` = unmatched) of a pretrained vocabulary;
+        ``None`` (default) for the from-scratch ids above. Stored as a buffer.
+    n_tokens, cls_id, pad_id
+        Vocabulary size and ``<cls>`` / ``<pad>`` ids; required with ``gene_to_token``.
+    input_emb_style
+        ``"continuous"`` (default, :class:`ContinuousValueEncoder`) or ``"category"``
+        (:class:`CategoryValueEncoder` over ``n_input_bins`` bins).
+    n_input_bins
+        Rows of the category value embedding.
+    pad_value
+        Value given to padding tokens (scGPT ``pad_value``; default 0).
     """
 
     def __init__(
@@ -157,14 +222,37 @@ class ScGPTBackbone(nn.Module):
         alpha: float = 0.25,
         t: float = 5.0,
         normalize: bool = False,
+        gene_to_token: torch.Tensor | None = None,
+        n_tokens: int | None = None,
+        cls_id: int | None = None,
+        pad_id: int | None = None,
+        input_emb_style: str = "continuous",
+        n_input_bins: int | None = None,
+        pad_value: float = 0.0,
     ):
         super().__init__()
         self.n_genes = n_genes
-        self.cls_id = n_genes
-        self.pad_id = n_genes + 1
         self.d_model = d_model
-        self.encoder = GeneEncoder(n_genes + 2, d_model, padding_idx=self.pad_id)
-        self.value_encoder = ContinuousValueEncoder(d_model, dropout)
+        self.pad_value = pad_value
+        if gene_to_token is None:
+            self.cls_id, self.pad_id, n_tokens = n_genes, n_genes + 1, n_genes + 2
+            self.register_buffer("gene_to_token", None)
+        else:
+            if n_tokens is None or cls_id is None or pad_id is None or gene_to_token.shape != (n_genes,):
+                raise ValueError("gene_to_token (n_genes,) needs n_tokens, cls_id and pad_id.")
+            self.cls_id, self.pad_id = cls_id, pad_id
+            self.register_buffer("gene_to_token", gene_to_token.to(torch.int64).clone())
+        self.encoder = GeneEncoder(n_tokens, d_model, padding_idx=self.pad_id)
+        if input_emb_style == "continuous":
+            self.value_encoder = ContinuousValueEncoder(d_model, dropout)
+        elif input_emb_style == "category":
+            if not n_input_bins:
+                raise ValueError("input_emb_style='category' needs n_input_bins.")
+            pad_bin = int(pad_value) if 0 <= pad_value < n_input_bins else None
+            self.value_encoder = CategoryValueEncoder(n_input_bins, d_model, padding_idx=pad_bin)
+        else:
+            raise ValueError(f"input_emb_style={input_emb_style!r} is not supported; use 'continuous' or 'category'.")
+        self.input_emb_style = input_emb_style
         attn = {"attention": attention, "n_hops": n_hops, "alpha": alpha, "t": t, "normalize": normalize}
         self.transformer_encoder = _LayerStack(
             [GenoHoptionLayer(d_model, n_heads, d_hid, dropout, **attn) for _ in range(n_layers)]
@@ -172,6 +260,9 @@ class ScGPTBackbone(nn.Module):
 
     def token_ids(self, genes: torch.Tensor, padding_mask: torch.Tensor, cls_token: bool = True) -> torch.Tensor:
         """Map gene indices (``-1`` = padding/CLS) to vocabulary ids, ``(B, L)``."""
+        if self.gene_to_token is not None:
+            ids = self.gene_to_token[genes.clamp(0, self.n_genes - 1)]
+            genes = torch.where(ids < 0, torch.full_like(genes, -1), ids)
         ids = torch.where(padding_mask | (genes < 0), torch.full_like(genes, self.pad_id), genes)
         if cls_token:
             ids[:, 0] = self.cls_id
@@ -202,6 +293,9 @@ class ScGPTBackbone(nn.Module):
         -------
         ``(B, L, d_model)`` token embeddings; position 0 is the cell (CLS) embedding.
         """
+        if self.pad_value != 0:
+            pad = self.pad_value if self.input_emb_style == "continuous" or self.pad_value >= 0 else 0
+            values = values.masked_fill(padding_mask, pad)
         x = self.encoder(self.token_ids(genes, padding_mask)) + self.value_encoder(values)
         for layer in self.transformer_encoder.layers:
             x = layer(x, graph, padding_mask)

@@ -1,0 +1,143 @@
+"""GeneformerBackbone against a plain-torch BERT forward written from the BERT equations."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from genohoption.data import rank_value_encode
+from genohoption.nn import GeneformerBackbone, induced_batch_graph
+
+ACT = {"relu": F.relu, "gelu": F.gelu}
+
+
+def random_bert_state(vocab, hidden, heads, layers, inter, max_pos, seed=0, prefix="bert."):
+    """A random state dict with Hugging Face BertForMaskedLM key names (as Geneformer checkpoints)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=0.2):
+        return torch.randn(*shape, generator=g) * scale
+
+    sd = {
+        f"{prefix}embeddings.word_embeddings.weight": r(vocab, hidden, scale=1.0),
+        f"{prefix}embeddings.position_embeddings.weight": r(max_pos, hidden),
+        f"{prefix}embeddings.token_type_embeddings.weight": r(2, hidden),
+        f"{prefix}embeddings.LayerNorm.weight": 1 + r(hidden, scale=0.1),
+        f"{prefix}embeddings.LayerNorm.bias": r(hidden, scale=0.1),
+        f"{prefix}embeddings.position_ids": torch.arange(max_pos)[None],
+    }
+    for i in range(layers):
+        p = f"{prefix}encoder.layer.{i}."
+        for name, (o, n) in {
+            "attention.self.query": (hidden, hidden), "attention.self.key": (hidden, hidden),
+            "attention.self.value": (hidden, hidden), "attention.output.dense": (hidden, hidden),
+            "intermediate.dense": (inter, hidden), "output.dense": (hidden, inter),
+        }.items():
+            sd[p + name + ".weight"] = r(o, n, scale=1 / math.sqrt(n))
+            sd[p + name + ".bias"] = r(o, scale=0.05)
+        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
+            sd[p + name + ".weight"] = 1 + r(hidden, scale=0.1)
+            sd[p + name + ".bias"] = r(hidden, scale=0.1)
+    sd["cls.predictions.bias"] = torch.zeros(vocab)  # MLM head, unused by the backbone
+    return sd
+
+
+def bert_reference(sd, ids, pad, *, heads, act="relu", eps=1e-12, prefix="bert."):
+    """BERT encoder (Devlin et al. 2019; HF modeling_bert) in plain torch: post-LN, absolute positions."""
+    W = {k.removeprefix(prefix): v for k, v in sd.items()}
+    b, n = ids.shape
+    x = W["embeddings.word_embeddings.weight"][ids] + W["embeddings.position_embeddings.weight"][:n][None]
+    x = x + W["embeddings.token_type_embeddings.weight"][0]
+    x = F.layer_norm(x, x.shape[-1:], W["embeddings.LayerNorm.weight"], W["embeddings.LayerNorm.bias"], eps)
+    hidden = x.shape[-1]
+    d = hidden // heads
+    i = 0
+    while f"encoder.layer.{i}.attention.self.query.weight" in W:
+        p = f"encoder.layer.{i}."
+
+        def lin(name, h, p=p):
+            return h @ W[p + name + ".weight"].T + W[p + name + ".bias"]
+
+        q, k, v = (lin(f"attention.self.{m}", x).view(b, n, heads, d).transpose(1, 2) for m in ("query", "key", "value"))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d) + torch.where(pad, -1e30, 0.0)[:, None, None, :]
+        ctx = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, hidden)
+        h = F.layer_norm(lin("attention.output.dense", ctx) + x, (hidden,), W[p + "attention.output.LayerNorm.weight"],
+                         W[p + "attention.output.LayerNorm.bias"], eps)
+        y = lin("output.dense", ACT[act](lin("intermediate.dense", h)))
+        x = F.layer_norm(y + h, (hidden,), W[p + "output.LayerNorm.weight"], W[p + "output.LayerNorm.bias"], eps)
+        i += 1
+    return x
+
+
+def _backbone_from_state(sd, n_genes, *, attention, hidden=16, heads=2, layers=2, inter=24, vocab=40, max_pos=32,
+                         special=False):
+    g2t = torch.arange(n_genes) + 4  # genes take ids 4 … ; 0 pad, 1 mask, 2 cls, 3 eos
+    bb = GeneformerBackbone(
+        g2t, torch.ones(n_genes), vocab_size=vocab, hidden_size=hidden, num_attention_heads=heads,
+        num_hidden_layers=layers, intermediate_size=inter, max_position_embeddings=max_pos, dropout=0.0,
+        cls_token_id=2 if special else None, eos_token_id=3 if special else None, attention=attention,
+    )
+    from genohoption.model._pretrained import _bert_keys
+
+    mapped, _, _ = _bert_keys(sd)
+    missing, unexpected = bb.load_state_dict({k.removeprefix("backbone."): v for k, v in mapped.items()}, strict=False)
+    assert set(missing) == {"gene_to_token", "gene_medians"} and not unexpected
+    return bb.eval()
+
+
+@pytest.mark.parametrize("special", [False, True])
+def test_dense_matches_plain_bert(special):
+    torch.manual_seed(0)
+    n_genes = 30
+    sd = random_bert_state(40, 16, 2, 2, 24, 32)
+    bb = _backbone_from_state(sd, n_genes, attention="dense", special=special)
+    x = torch.poisson(torch.full((4, n_genes), 0.8))
+    x[1, :] = 0
+    x[1, 3] = 2.0  # one-gene cell
+    tok = rank_value_encode(x, torch.ones(n_genes), 12, cls_token=special, eos_token=special)
+    with torch.no_grad():
+        h = bb(tok.genes, tok.values, tok.padding_mask, None)
+        ids = bb.token_ids(tok.genes, tok.padding_mask)
+        ref = bert_reference(sd, ids, tok.padding_mask, heads=2)
+    real = ~tok.padding_mask
+    torch.testing.assert_close(h[real], ref[real], atol=1e-5, rtol=1e-5)
+    if special:
+        assert (ids[:, 0] == 2).all() and ((ids == 3).sum(1) == 1).all()
+    z = bb.cell_embedding(h, tok.genes, tok.padding_mask)
+    is_gene = real & (tok.genes >= 0) & (tok.genes < n_genes)
+    ref_z = torch.stack([ref[i][is_gene[i]].mean(0) for i in range(4)])
+    torch.testing.assert_close(z, ref_z, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["ppr", "heat", "mask"])
+def test_sparse_attention_reuses_weights_and_runs(attention):
+    n_genes = 20
+    sd = random_bert_state(40, 16, 2, 1, 24, 32, seed=1)
+    bb = _backbone_from_state(sd, n_genes, attention=attention, layers=1)
+    dense = _backbone_from_state(sd, n_genes, attention="dense", layers=1)
+    wqkv = bb.encoder.layer[0].attention.self.Wqkv.weight
+    torch.testing.assert_close(wqkv[:16], sd["bert.encoder.layer.0.attention.self.query.weight"])
+    torch.testing.assert_close(wqkv[32:], sd["bert.encoder.layer.0.attention.self.value.weight"])
+    x = torch.poisson(torch.full((3, n_genes), 1.0))
+    tok = rank_value_encode(x, torch.ones(n_genes), 10)
+    rows = torch.arange(n_genes)
+    indptr = torch.arange(0, 2 * n_genes + 1, 2)
+    indices = torch.stack([(rows + 1) % n_genes, (rows + 2) % n_genes], 1).reshape(-1)
+    graph = induced_batch_graph(tok.genes, indptr, indices, cls_token=False)
+    with torch.no_grad():
+        h = bb(tok.genes, tok.values, tok.padding_mask, graph)
+        hd = dense(tok.genes, tok.values, tok.padding_mask, None)
+    assert torch.isfinite(h).all()
+    assert not torch.allclose(h[~tok.padding_mask], hd[~tok.padding_mask], atol=1e-3)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="hidden_act"):
+        GeneformerBackbone(torch.arange(3), torch.ones(3), vocab_size=5, hidden_act="tanh")
+    with pytest.raises(ValueError, match="both"):
+        GeneformerBackbone(torch.arange(3), torch.ones(3), vocab_size=5, cls_token_id=2)
+    bb = GeneformerBackbone(torch.arange(3), torch.ones(3), vocab_size=5, hidden_size=8, num_attention_heads=2,
+                            num_hidden_layers=1, intermediate_size=8, max_position_embeddings=4, attention="dense")
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        bb(torch.zeros(1, 5, dtype=torch.long), None, torch.zeros(1, 5, dtype=torch.bool), None)
