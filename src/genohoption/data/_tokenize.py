@@ -42,6 +42,7 @@ def tokenize(
     cls_token: bool = True,
     sample: bool = False,
     force: torch.Tensor | None = None,
+    include_zero: bool = False,
     generator: torch.Generator | None = None,
 ) -> Tokens:
     """Select each cell's expressed genes as a token sequence.
@@ -66,6 +67,10 @@ def tokenize(
     force
         Optional ``(B, n_vars)`` bool; genes set here are always kept, even when not expressed
         (used for perturbed genes).
+    include_zero
+        Treat every gene as a candidate token, expressed or not (scGPT's ``include_zero_gene="all"``,
+        used for perturbation prediction, where unexpressed genes still need a predicted value). The
+        default ``False`` keeps only expressed (and forced) genes.
     generator
         Random generator for ``sample=True``.
 
@@ -83,7 +88,7 @@ def tokenize(
     if x.ndim != 2:
         raise ValueError(f"x must be (B, n_vars), got shape {tuple(x.shape)}.")
     n_cells, n_vars = x.shape
-    keep = x > 0
+    keep = torch.ones_like(x, dtype=torch.bool) if include_zero else x > 0
     if force is not None:
         keep = keep | force
     n_gene_slots = min(max_seq_len - int(cls_token), n_vars)

@@ -21,6 +21,7 @@ from scvi.utils import setup_anndata_dsp
 from .. import _constants as K
 from ..module import AnnotationModule
 from ._io import load_model_files, save_model_files
+from ._perturbation import PerturbationMixin
 from ._pretrained import load_pretrained_weights, map_genes, read_pretrained
 from ._validate import check_graph, check_labels, check_unique_var_names, check_values, get_matrix
 
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 Attention = Literal["ppr", "heat", "mask", "dense"]
 
 
-class GenoHoptionModel(UnsupervisedTrainingMixin, BaseModelClass):
+class GenoHoptionModel(PerturbationMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """Single-cell transformer whose attention runs on a gene graph, widened by graph diffusion.
 
     GenoHoption (Cheng et al., "Bridging Gene Network Graphs and Single-Cell Foundation Models"):
@@ -70,13 +71,18 @@ class GenoHoptionModel(UnsupervisedTrainingMixin, BaseModelClass):
         during training and their most expressed genes at inference.
     n_cls_layers
         Layers of the classifier head.
+    loss
+        Perturbation models only: ``"mse"`` (scGPT, default) or ``"gears"`` (GEARS autofocus +
+        direction loss); see :class:`~genohoption.module.PerturbationModule`.
     pretrained
         Directory of an official checkpoint of ``backbone`` (scGPT: ``best_model.pt``, ``args.json``,
         ``vocab.json``; Geneformer: Hugging Face BERT directory with its token and gene-median
         dictionaries), read safely by :func:`genohoption.model.read_pretrained`. Every pretrained weight
         is reused, only the attention pattern changes; the architecture sizes (``d_model``, ``n_heads``,
         ``n_layers``, ``d_hid``, ``n_cls_layers``) come from the checkpoint and the arguments are
-        ignored. What was loaded is in :attr:`pretrained_report_`.
+        ignored. What was loaded is in :attr:`pretrained_report_`. scGPT's classifier
+        (``cls_decoder``) is reused when it has one output per cell type; otherwise a new head is
+        trained, with its input standardised (see :class:`~genohoption.nn.ClsDecoder`).
     gene_symbols
         Column of ``adata.var`` with the gene identifiers to match against the pretrained vocabulary
         (scGPT: symbols; Geneformer: Ensembl ids, or symbols translated with ``gene_name_id_dict.pkl``);
@@ -135,6 +141,7 @@ class GenoHoptionModel(UnsupervisedTrainingMixin, BaseModelClass):
         pretrained: str | os.PathLike | None = None,
         gene_symbols: str | None = None,
         backbone_config: dict | None = None,
+        loss: Literal["mse", "gears"] = "mse",
         registry: dict | None = None,
     ):
         if backbone not in ("scgpt", "geneformer"):
@@ -161,6 +168,9 @@ class GenoHoptionModel(UnsupervisedTrainingMixin, BaseModelClass):
         self.init_params_["non_kwargs"].pop("registry", None)
         self.init_params_["kwargs"].pop("registry", None)
         self.init_params_["non_kwargs"]["pretrained"] = None  # the architecture travels in backbone_config
+        if checkpoint is not None:  # scGPT's classifier is reused as is when it fits; a new head standardises
+            head = checkpoint.state_dict.get("cls_decoder.out_layer.weight")
+            backbone_config["cls_input_norm"] = head is None or head.shape[0] != self.summary_stats.n_labels
         if adata is not None:
             graph_key = self.registry_["setup_args"]["graph_key"]
             graph = (
@@ -169,6 +179,10 @@ class GenoHoptionModel(UnsupervisedTrainingMixin, BaseModelClass):
             indptr, indices = torch.from_numpy(graph.indptr), torch.from_numpy(graph.indices)
         else:  # filled by load()
             indptr, indices = torch.zeros(self.summary_stats.n_vars + 1, dtype=torch.int64), torch.zeros(0)
+        if self.is_perturbation_model:  # set up with perturbation_key: PerturbationModule (model/_perturbation.py)
+            params = {**self.init_params_["non_kwargs"], **self.init_params_["kwargs"], "pretrained": pretrained}
+            self._init_perturbation(adata, indptr, indices, params)
+            return
         self.module = self._module_cls(
             n_genes=self.summary_stats.n_vars,
             n_labels=self.summary_stats.n_labels,
@@ -176,7 +190,7 @@ class GenoHoptionModel(UnsupervisedTrainingMixin, BaseModelClass):
             graph_indices=indices,
             max_seq_len=max_seq_len,
             n_cls_layers=(backbone_config or {}).get("n_cls_layers", n_cls_layers),
-            cls_input_norm=backbone_config is None,  # pretrained: scGPT's own ClsDecoder
+            cls_input_norm=(backbone_config or {}).get("cls_input_norm", backbone_config is None),
             backbone=backbone,
             backbone_config=backbone_config,
             d_model=d_model,
@@ -220,6 +234,9 @@ class GenoHoptionModel(UnsupervisedTrainingMixin, BaseModelClass):
         layer: str | None = None,
         labels_key: str = "cell_type",
         graph_key: str | None = K.GRAPH_KEY,
+        perturbation_key: str | None = None,
+        control_value: str = "ctrl",
+        gene_symbols: str | None = None,
         **kwargs,
     ) -> None:
         """Register an AnnData for training (scvi-tools ``setup_anndata``).
@@ -239,16 +256,34 @@ class GenoHoptionModel(UnsupervisedTrainingMixin, BaseModelClass):
         graph_key
             Key of ``adata.varp`` with the gene graph (written by :func:`genohoption.pp.build_gene_graph`);
             ``None`` only for ``attention="dense"``.
+        perturbation_key
+            Column of ``adata.obs`` with GEARS perturbation conditions (``"ctrl"``, ``"A+ctrl"``,
+            ``"ctrl+A"``, ``"A+B"``; Roohani et al. 2023). When given, the model predicts perturbed
+            expression (:meth:`predict_perturbation`) and ``labels_key`` is not used. Training pairs each
+            cell (the target) with a random control cell (the input), drawn anew for every minibatch
+            (:class:`~genohoption.data.PerturbationDataSplitter`). Perturbed genes must be among the
+            measured genes.
+        control_value
+            The control condition in ``perturbation_key``.
+        gene_symbols
+            Column of ``adata.var`` with the gene symbols the conditions use (GEARS files: ``"gene_name"``;
+            ``var_names`` are Ensembl ids there); ``None`` matches conditions against ``var_names``.
 
         Raises
         ------
         KeyError
-            If ``labels_key``, ``graph_key`` or ``layer`` is missing.
+            If ``labels_key``, ``graph_key``, ``layer``, ``perturbation_key`` or ``gene_symbols`` is
+            missing, or a perturbed gene is not measured.
         ValueError
             For duplicated ``var_names``, NaN / inf / negative expression, missing labels, fewer than two
-            cell types, or an empty graph.
+            cell types, an empty graph, malformed conditions or no control cell.
         """
         setup_method_args = cls._get_setup_method_args(**locals())
+        if perturbation_key is not None:  # perturbation model (model/_perturbation.py)
+            cls._setup_perturbation(adata, layer=layer, perturbation_key=perturbation_key, control_value=control_value,
+                                    gene_symbols=gene_symbols, graph_key=graph_key,
+                                    setup_method_args=setup_method_args, **kwargs)
+            return
         check_unique_var_names(adata)
         check_values(get_matrix(adata, layer), f"adata.layers[{layer!r}]" if layer else "adata.X")
         check_labels(adata, labels_key)
@@ -308,7 +343,8 @@ class GenoHoptionModel(UnsupervisedTrainingMixin, BaseModelClass):
         plan = {"lr": lr, "weight_decay": weight_decay, "optimizer": "AdamW", **(plan_kwargs or {})}
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
-        trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        if train_size < 1:  # no validation loader otherwise
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         return super().train(
             max_epochs=max_epochs,
             accelerator=accelerator,
@@ -528,7 +564,7 @@ class GenoHoptionModel(UnsupervisedTrainingMixin, BaseModelClass):
         if adata is not None:
             setup = meta["registry"]["setup_args"]
             trainable = (
-                setup["labels_key"] in adata.obs
+                (setup.get("perturbation_key") or setup["labels_key"]) in adata.obs
                 and adata.var_names.equals(model.var_names)
                 and (setup["graph_key"] is None or setup["graph_key"] in adata.varp)
             )

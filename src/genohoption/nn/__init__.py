@@ -21,6 +21,7 @@ from ._diffusion import (
 from ._geneformer import GeneformerBackbone, GeneformerLayer
 from ._graph import BatchGraph, induced_batch_graph
 from ._heads import ClsDecoder
+from ._perturbation import PerturbationEncoder
 
 __all__ = [
     "BatchGraph",
@@ -34,6 +35,7 @@ __all__ = [
     "GeneformerLayer",
     "GenoHoptionLayer",
     "GraphDiffusionAttention",
+    "PerturbationEncoder",
     "ScGPTBackbone",
     "dense_diffusion_reference",
     "graph_diffusion_attention",

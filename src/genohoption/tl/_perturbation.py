@@ -1,0 +1,322 @@
+"""Perturbation splits and metrics (GEARS, Roohani et al. 2023)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ..data._perturbation import control_mask, parse_conditions
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+logger = logging.getLogger(__name__)
+
+SUBGROUPS = ("unseen_single", "combo_seen0", "combo_seen1", "combo_seen2")
+"""Test subgroups of GEARS' simulation split."""
+
+
+def _simulation_split(
+    conditions: Sequence[str], genes_of: Mapping[str, tuple[str, ...]], gene_fraction: float,
+    combo_fraction: float, rng: np.random.Generator,
+) -> tuple[list[str], dict[str, list[str]]]:
+    """One GEARS simulation split of ``conditions`` into train and test subgroups."""
+    all_genes = sorted({g for c in conditions for g in genes_of[c]})
+    n_train_genes = int(len(all_genes) * gene_fraction)
+    train_genes = set(rng.choice(np.asarray(all_genes, dtype=object), n_train_genes, replace=False).tolist())
+    singles = [c for c in conditions if len(genes_of[c]) == 1]
+    combos = [c for c in conditions if len(genes_of[c]) > 1]
+    groups: dict[str, list[str]] = {g: [] for g in SUBGROUPS}
+    train = [c for c in singles if genes_of[c][0] in train_genes]
+    groups["unseen_single"] = [c for c in singles if genes_of[c][0] not in train_genes]
+    seen2 = []
+    for c in combos:
+        n_seen = sum(g in train_genes for g in genes_of[c])
+        if n_seen == len(genes_of[c]):
+            seen2.append(c)
+        else:
+            groups["combo_seen0" if n_seen == 0 else "combo_seen1"].append(c)
+    seen2 = sorted(seen2)
+    n_train_combos = int(len(seen2) * combo_fraction)
+    picked = set(rng.choice(np.asarray(seen2, dtype=object), n_train_combos, replace=False).tolist()) if seen2 else set()
+    train += [c for c in seen2 if c in picked]
+    groups["combo_seen2"] = [c for c in seen2 if c not in picked]
+    return train, groups
+
+
+def perturbation_split(
+    adata: AnnData,
+    seed: int = 1,
+    train_gene_fraction: float = 0.75,
+    *,
+    combo_seen2_train_fraction: float = 0.75,
+    val_gene_fraction: float = 0.9,
+    val_combo_fraction: float = 0.9,
+    perturbation_key: str = "condition",
+    control_value: str = "ctrl",
+    key_added: str = "split",
+) -> dict[str, list[str]]:
+    """GEARS' simulation split of perturbation conditions into train / val / test.
+
+    Following GEARS' ``prepare_split(split="simulation")`` (Roohani et al. 2023): a random
+    ``train_gene_fraction`` of the perturbed genes are *seen*. Training conditions are the single
+    perturbations of seen genes and a random ``combo_seen2_train_fraction`` of the doubles whose genes
+    are all seen. Test subgroups:
+
+    - ``unseen_single``: single perturbations of unseen genes;
+    - ``combo_seen0`` / ``combo_seen1``: doubles with 0 / 1 seen gene;
+    - ``combo_seen2``: held-out doubles with both genes seen.
+
+    The training conditions are split once more the same way (``val_gene_fraction``,
+    ``val_combo_fraction``) into train and validation. Control cells go to train. No gene of a test
+    (or validation) ``unseen_single`` / ``combo_seen0`` / ``combo_seen1`` condition's unseen genes is
+    perturbed in any training condition.
+
+    Parameters
+    ----------
+    adata
+        Cells with GEARS conditions in ``adata.obs[perturbation_key]``.
+    seed
+        Seed of the random choices.
+    train_gene_fraction
+        Fraction of perturbed genes seen in training (GEARS ``train_gene_set_size``, default 0.75).
+    combo_seen2_train_fraction
+        Fraction of the all-seen doubles kept for training (GEARS ``combo_seen2_train_frac``).
+    val_gene_fraction, val_combo_fraction
+        The same fractions for the second, train / validation split (GEARS uses 0.9 and 0.9).
+    perturbation_key
+        Column of ``adata.obs`` with the conditions.
+    control_value
+        The control condition.
+    key_added
+        Column of ``adata.obs`` written.
+
+    Returns
+    -------
+    The test subgroups: a dict ``{"unseen_single": [...], "combo_seen0": [...], "combo_seen1": [...],
+    "combo_seen2": [...]}`` of condition lists. Also writes
+
+    - ``adata.obs[key_added]``: ``"train"``, ``"val"`` or ``"test"`` (categorical);
+    - ``adata.uns[key_added]``: ``{"params": ..., "test_subgroup": ..., "val_subgroup": ...}``.
+
+    Raises
+    ------
+    KeyError
+        If ``perturbation_key`` is missing.
+    ValueError
+        For malformed conditions, fractions outside ``(0, 1]``, or no perturbed condition.
+    """
+    if perturbation_key not in adata.obs:
+        raise KeyError(f"perturbation_key={perturbation_key!r} is not a column of adata.obs; available: "
+                       f"{list(adata.obs.columns)}.")
+    for name, v in [("train_gene_fraction", train_gene_fraction), ("val_gene_fraction", val_gene_fraction),
+                    ("combo_seen2_train_fraction", combo_seen2_train_fraction),
+                    ("val_combo_fraction", val_combo_fraction)]:
+        if not 0 < v <= 1:
+            raise ValueError(f"{name} must be in (0, 1], got {v}.")
+    values = adata.obs[perturbation_key].astype(str)
+    genes_of = parse_conditions(values, control_value)
+    conditions = sorted(c for c, g in genes_of.items() if g)
+    if not conditions:
+        raise ValueError(f"adata.obs[{perturbation_key!r}] holds no perturbed condition to split.")
+    rng = np.random.default_rng(seed)
+    train, test_groups = _simulation_split(conditions, genes_of, train_gene_fraction,
+                                           combo_seen2_train_fraction, rng)
+    train, val_groups = _simulation_split(sorted(train), genes_of, val_gene_fraction, val_combo_fraction, rng)
+    where = {c: "train" for c in train}
+    where.update({c: "val" for group in val_groups.values() for c in group})
+    where.update({c: "test" for group in test_groups.values() for c in group})
+    where[control_value] = "train"
+    adata.obs[key_added] = pd.Categorical(values.map(where).to_numpy(), categories=["train", "val", "test"])
+    adata.uns[key_added] = {
+        "params": {"seed": seed, "train_gene_fraction": train_gene_fraction,
+                   "combo_seen2_train_fraction": combo_seen2_train_fraction,
+                   "val_gene_fraction": val_gene_fraction, "val_combo_fraction": val_combo_fraction,
+                   "perturbation_key": perturbation_key, "control_value": control_value},
+        "test_subgroup": {k: list(v) for k, v in test_groups.items()},
+        "val_subgroup": {k: list(v) for k, v in val_groups.items()},
+    }
+    logger.info("wrote adata.obs[%r] and adata.uns[%r]", key_added, key_added)
+    return test_groups
+
+
+def _pearson(a: np.ndarray, b: np.ndarray, tol: float = 1e-6) -> float:
+    """Pearson correlation; 0 when either side is constant (GEARS' convention for NaN).
+
+    "Constant" means a standard deviation below ``tol``, so that float32 round-off of a no-change
+    prediction (``ŷ - c`` of order 1e-8) does not produce a spurious correlation.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.size < 2 or a.std() < tol or b.std() < tol:
+        return 0.0
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def top_de_genes(
+    adata: AnnData, perturbation_key: str = "condition", control_value: str = "ctrl", *,
+    conditions: Sequence[str] | None = None, n_genes: int = 20, layer: str | None = None,
+) -> dict[str, np.ndarray]:
+    """Top differentially expressed genes of each condition against control (as GEARS).
+
+    ``sc.tl.rank_genes_groups`` (t-test, ``rankby_abs=True``, reference = control) on a copy; the
+    caller's data is not changed.
+
+    Returns
+    -------
+    ``{condition: (n_genes,) int array of var positions}``, most significant first.
+
+    Raises
+    ------
+    ValueError
+        If a condition or the control has fewer than 2 cells (a t-test needs 2).
+    """
+    import anndata as ad
+    import scanpy as sc
+
+    values = adata.obs[perturbation_key].astype(str)
+    conds = list(conditions) if conditions is not None else sorted(set(values) - {control_value})
+    counts = values.value_counts()
+    small = [c for c in [*conds, control_value] if counts.get(c, 0) < 2]
+    if small:
+        raise ValueError(
+            f"Conditions {small[:10]!r} have fewer than 2 cells; DE genes against control need at least 2 "
+            f"per group. Drop them (adata = adata[~adata.obs[{perturbation_key!r}].isin({small[:3]!r})].copy()) "
+            "or pass conditions= without them."
+        )
+    keep = values.isin([*conds, control_value]).to_numpy()
+    X = adata.X if layer is None else adata.layers[layer]
+    sub = ad.AnnData(X=X[keep], obs=pd.DataFrame({"g": pd.Categorical(values[keep].to_numpy())},
+                                                  index=adata.obs_names[keep]))
+    sub.var_names = adata.var_names
+    sc.tl.rank_genes_groups(sub, "g", groups=conds, reference=control_value, rankby_abs=True,
+                            n_genes=adata.n_vars, method="t-test", use_raw=False)
+    names = sub.uns["rank_genes_groups"]["names"]
+    return {c: adata.var_names.get_indexer(np.asarray(names[c])[:n_genes]) for c in conds}
+
+
+def perturbation_metrics(
+    adata: AnnData,
+    predicted: AnnData | pd.DataFrame,
+    *,
+    perturbation_key: str = "condition",
+    control_value: str = "ctrl",
+    subgroups: Mapping[str, Sequence[str]] | None = None,
+    n_de: int = 20,
+    layer: str | None = None,
+    by: Literal["condition", "subgroup"] = "condition",
+) -> pd.DataFrame:
+    """GEARS metrics of predicted mean expression profiles against observed cells.
+
+    For each condition ``p`` with observed mean ``y_p``, predicted mean ``ŷ_p`` and control mean ``c``
+    (all ``(n_vars,)``), as GEARS (Roohani et al. 2023):
+
+    - ``pearson``: Pearson(ŷ_p, y_p); ``pearson_delta``: Pearson(ŷ_p - c, y_p - c);
+    - ``mse``: mean((ŷ_p - y_p)²);
+    - ``pearson_de``, ``pearson_delta_de``, ``mse_de``: the same on the condition's top ``n_de``
+      differentially expressed genes against control (``sc.tl.rank_genes_groups``, t-test, ranked by
+      absolute score).
+
+    A correlation with a constant side is 0 (GEARS' convention): the no-change baseline (``ŷ_p = c``)
+    has ``pearson_delta = 0``.
+
+    Parameters
+    ----------
+    adata
+        Observed cells: control cells and cells of the evaluated conditions, ``(n_obs, n_vars)``.
+    predicted
+        Mean predicted profiles, one row per condition: the AnnData returned by
+        :meth:`~genohoption.GenoHoptionModel.predict_perturbation` with a list, or a DataFrame
+        (conditions × genes). Columns are matched to ``adata.var_names`` by name.
+    perturbation_key, control_value
+        Condition column and control condition.
+    subgroups
+        Optional ``{subgroup: [conditions]}`` (e.g. the output of :func:`perturbation_split`); adds a
+        ``subgroup`` column.
+    n_de
+        Number of top DE genes.
+    layer
+        Layer of ``adata`` with the expression; ``None``: ``adata.X``. Use the kind of values the model
+        predicts.
+    by
+        ``"condition"``: one row per condition; ``"subgroup"``: the mean over each subgroup's conditions
+        plus an ``"all"`` row, with ``n_conditions``.
+
+    Returns
+    -------
+    DataFrame indexed by condition (or subgroup) with columns ``pearson``, ``pearson_delta``, ``mse``,
+    ``pearson_de``, ``pearson_delta_de``, ``mse_de``, ``n_cells`` (and ``subgroup``).
+
+    Raises
+    ------
+    KeyError
+        If ``perturbation_key`` is missing, a predicted condition has no observed cell, or a predicted
+        gene is not in ``adata``.
+    ValueError
+        If there are no control cells, or a condition has fewer than 2 cells (DE needs 2; the message
+        names them).
+    """
+    if perturbation_key not in adata.obs:
+        raise KeyError(f"perturbation_key={perturbation_key!r} is not a column of adata.obs.")
+    if by not in ("condition", "subgroup"):
+        raise ValueError(f"by must be 'condition' or 'subgroup', got {by!r}.")
+    if isinstance(predicted, pd.DataFrame):
+        pred = predicted
+    else:
+        X = predicted.X.toarray() if sp.issparse(predicted.X) else np.asarray(predicted.X)
+        pred = pd.DataFrame(X, index=predicted.obs_names, columns=predicted.var_names)
+    values = adata.obs[perturbation_key].astype(str)
+    is_ctrl = control_mask(values, control_value)
+    if not is_ctrl.any():
+        raise ValueError(f"No control cells (adata.obs[{perturbation_key!r}] == {control_value!r}); the metrics "
+                         "compare against the control mean: pass control_value= or include control cells.")
+    missing = [c for c in pred.index if c not in set(values)]
+    if missing:
+        raise KeyError(f"Predicted conditions {missing[:10]!r} have no observed cells in adata.obs[{perturbation_key!r}].")
+    cols = adata.var_names.get_indexer(pred.columns)
+    if (cols < 0).any():
+        raise KeyError(f"Predicted genes {list(pred.columns[cols < 0][:5])!r} are not in adata.var_names.")
+    conds = [c for c in pred.index if c != control_value]
+    de = top_de_genes(adata, perturbation_key, control_value, conditions=conds, n_genes=n_de, layer=layer)
+    X = adata.X if layer is None else adata.layers[layer]
+    def mean_of(rows: np.ndarray) -> np.ndarray:
+        return np.asarray(X[rows].astype(np.float64).mean(0)).ravel()[cols]
+
+    ctrl = mean_of(np.flatnonzero(is_ctrl))
+    # DE positions in pred's column order
+    back = pd.Index(cols).get_indexer
+    rows = []
+    for c in conds:
+        sel = np.flatnonzero((values == c).to_numpy())
+        y = mean_of(sel)
+        yhat = pred.loc[c].to_numpy(dtype=float)
+        d = back(de[c])
+        d = d[d >= 0]
+        rows.append({
+            "pearson": _pearson(yhat, y),
+            "pearson_delta": _pearson(yhat - ctrl, y - ctrl),
+            "mse": float(np.mean((yhat - y) ** 2)),
+            "pearson_de": _pearson(yhat[d], y[d]),
+            "pearson_delta_de": _pearson(yhat[d] - ctrl[d], y[d] - ctrl[d]),
+            "mse_de": float(np.mean((yhat[d] - y[d]) ** 2)),
+            "n_cells": int(sel.size),
+        })
+    out = pd.DataFrame(rows, index=pd.Index(conds, name="condition"))
+    if subgroups is not None:
+        where = {c: g for g, cs in subgroups.items() for c in cs}
+        out["subgroup"] = [where.get(c, "other") for c in conds]
+    if by == "subgroup":
+        metrics = ["pearson", "pearson_delta", "mse", "pearson_de", "pearson_delta_de", "mse_de"]
+        key = out["subgroup"] if "subgroup" in out else pd.Series("all", index=out.index)
+        agg = out[metrics].groupby(key.to_numpy()).mean()
+        agg["n_conditions"] = key.value_counts().reindex(agg.index).to_numpy()
+        allrow = out[metrics].mean().to_frame("all").T
+        allrow["n_conditions"] = len(out)
+        out = pd.concat([agg, allrow]) if "subgroup" in out else allrow
+        out.index.name = "subgroup"
+    return out

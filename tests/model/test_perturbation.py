@@ -1,0 +1,163 @@
+"""Perturbation models: setup checks, training on simulated knock-downs, prediction, save / load."""
+
+from __future__ import annotations
+
+import copy
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import genohoption as gh
+
+
+def _same(a, b) -> None:
+    """Assert that two AnnData objects hold the same data (used after failing calls)."""
+    Xa, Xb = (m.toarray() if sp.issparse(m) else np.asarray(m) for m in (a.X, b.X))
+    np.testing.assert_array_equal(Xa, Xb)
+    pd.testing.assert_frame_equal(a.obs, b.obs)
+    pd.testing.assert_frame_equal(a.var, b.var)
+    assert set(a.layers) == set(b.layers) and set(a.uns) == set(b.uns)
+    assert set(a.obsm) == set(b.obsm) and set(a.varp) == set(b.varp)
+
+
+@pytest.fixture(scope="module")
+def sim():
+    adata = gh.datasets.simulate_perturbation(
+        n_genes=40, n_regulators=15, n_perturbed=8, n_combos=6, n_control=80, cells_per_condition=10,
+        library_size=1500, seed=0,
+    )
+    gh.pp.build_gene_graph(adata)
+    return adata
+
+
+@pytest.fixture(scope="module")
+def trained(sim):
+    adata = sim.copy()
+    gh.GenoHoptionModel.setup_anndata(adata, perturbation_key="condition", gene_symbols="gene_name")
+    model = gh.GenoHoptionModel(adata, attention="ppr", d_model=32, n_heads=2, n_layers=2, d_hid=64,
+                                dropout=0.0, n_hops=3)
+    model.train(max_epochs=25, batch_size=32, lr=3e-3, train_size=1.0, enable_progress_bar=False)
+    return model, adata
+
+
+def test_overfits_better_than_no_change(trained):
+    model, adata = trained
+    X = adata.X.toarray()
+    cond = adata.obs["condition"].astype(str).to_numpy()
+    ctrl_mean = X[cond == "ctrl"].mean(0)
+    conditions = sorted(set(cond) - {"ctrl"})
+    ctrl = adata[cond == "ctrl"].copy()
+    profiles = model.predict_perturbation(ctrl, conditions)
+    assert list(profiles.obs_names) == conditions and profiles.shape == (len(conditions), adata.n_vars)
+    observed = np.stack([X[cond == c].mean(0) for c in conditions])
+    mse_model = np.mean((profiles.X - observed) ** 2)
+    mse_no_change = np.mean((ctrl_mean - observed) ** 2)
+    assert mse_model < 0.6 * mse_no_change
+    metrics = gh.tl.perturbation_metrics(adata, profiles)
+    assert metrics["pearson_delta"].mean() > 0.5  # no-change baseline: 0
+
+
+def test_predict_writes_layer_and_uns(trained):
+    model, adata = trained
+    ctrl = adata[adata.obs["condition"] == "ctrl"][:7].copy()
+    cond = "+".join(adata.uns["simulation"]["perturbed_genes"][:2][::-1])  # also a combination never seen
+    out = model.predict_perturbation(ctrl, cond)
+    assert out.shape == (7, adata.n_vars) and out.dtype == np.float32 and np.isfinite(out).all()
+    np.testing.assert_array_equal(ctrl.layers[f"genohoption_{cond}"], out)
+    assert ctrl.uns["genohoption"]["predict_perturbation"]["layer"] == f"genohoption_{cond}"
+    assert ctrl.uns["genohoption"]["predict_perturbation"]["attention"] == "ppr"
+    # the knocked-down genes go down
+    g = ctrl.var_names.get_indexer(cond.split("+"))
+    assert (out[:, g].mean(0) < ctrl.X.toarray()[:, g].mean(0)).all()
+    # genes in another order: aligned by name
+    rev = ctrl[:, ctrl.var_names[::-1]].copy()
+    out_rev = model.predict_perturbation(rev, cond)
+    np.testing.assert_allclose(out_rev, out[:, ::-1], atol=1e-4, rtol=1e-4)
+    # an extra gene unknown to the model keeps its input value
+    extra = ad.concat([ctrl, ad.AnnData(X=np.full((7, 1), 2.5, np.float32), obs=ctrl.obs[[]],
+                                        var=pd.DataFrame(index=["EXTRA"]))], axis=1, merge="first")
+    out_extra = model.predict_perturbation(extra, cond)
+    np.testing.assert_allclose(out_extra[:, :-1], out, atol=1e-4, rtol=1e-4)
+    np.testing.assert_array_equal(out_extra[:, -1], 2.5)
+
+
+def test_predict_bad_conditions_leave_data_unchanged(trained):
+    model, adata = trained
+    ctrl = adata[adata.obs["condition"] == "ctrl"][:5].copy()
+    before = copy.deepcopy(ctrl)
+    with pytest.raises(KeyError, match="NOTAGENE"):
+        model.predict_perturbation(ctrl, "NOTAGENE+ctrl")
+    for bad in ["A+", "+", "ctrl+ctrl", " A+ctrl", "A+A"]:
+        with pytest.raises(ValueError, match="Malformed"):
+            model.predict_perturbation(ctrl, bad)
+    with pytest.raises(TypeError):
+        model.predict_perturbation(ctrl, [1, 2])
+    _same(ctrl, before)
+
+
+def test_save_load_round_trip(trained, tmp_path):
+    model, adata = trained
+    ctrl = adata[adata.obs["condition"] == "ctrl"][:6].copy()
+    cond = adata.obs["condition"].cat.categories[-1]
+    expected = model.predict_perturbation(ctrl, cond)
+    model.save(tmp_path / "m")
+    loaded = gh.GenoHoptionModel.load(tmp_path / "m")
+    assert loaded.is_perturbation_model
+    np.testing.assert_allclose(loaded.predict_perturbation(ctrl, cond), expected, atol=1e-6)
+    np.testing.assert_array_equal(loaded.module.control_mean.numpy(), model.module.control_mean.cpu().numpy())
+
+
+@pytest.mark.parametrize("attention", ["dense", "heat"])
+def test_gears_loss_and_other_attention_train(sim, attention):
+    adata = sim.copy()
+    gh.GenoHoptionModel.setup_anndata(adata, perturbation_key="condition", gene_symbols="gene_name")
+    model = gh.GenoHoptionModel(adata, attention=attention, d_model=16, n_heads=2, n_layers=1, d_hid=32,
+                                loss="gears", n_hops=2, max_seq_len=24)  # 23 of 40 genes sampled per cell
+    model.train(max_epochs=1, batch_size=64, enable_progress_bar=False)
+    assert np.isfinite(model.history_["train_loss"].to_numpy(dtype=float)).all()
+    ctrl = adata[adata.obs["condition"] == "ctrl"][:4].copy()
+    out = model.predict_perturbation(ctrl, adata.obs["condition"].cat.categories[-1])
+    assert out.shape == (4, adata.n_vars)
+    assert ctrl.uns["genohoption"]["predict_perturbation"]["attention"] == attention
+
+
+def test_setup_errors_leave_data_unchanged(sim):
+    adata = sim.copy()
+    adata.obs["cond2"] = adata.obs["condition"].astype(str)
+    adata.obs.loc[adata.obs_names[:3], "cond2"] = "A++B"
+    adata.obs["cond3"] = adata.obs["condition"].astype(str).str.replace("ctrl", "control")
+    adata.obs["cond4"] = adata.obs["condition"].astype(str)
+    adata.obs.loc[adata.obs_names[-1], "cond4"] = "NOTAGENE+ctrl"
+    before = copy.deepcopy(adata)
+    with pytest.raises(ValueError, match="Malformed"):
+        gh.GenoHoptionModel.setup_anndata(adata, perturbation_key="cond2", gene_symbols="gene_name")
+    with pytest.raises(ValueError, match="No control cells"):
+        gh.GenoHoptionModel.setup_anndata(adata, perturbation_key="cond3", gene_symbols="gene_name")
+    with pytest.raises(KeyError, match="NOTAGENE"):
+        gh.GenoHoptionModel.setup_anndata(adata, perturbation_key="cond4", gene_symbols="gene_name")
+    with pytest.raises(KeyError, match="perturbation_key"):
+        gh.GenoHoptionModel.setup_anndata(adata, perturbation_key="nope")
+    with pytest.raises(KeyError, match="gene_symbols"):
+        gh.GenoHoptionModel.setup_anndata(adata, perturbation_key="condition", gene_symbols="nope")
+    _same(adata, before)
+
+
+def test_classifier_model_refuses_predict_perturbation(sim):
+    adata = sim.copy()
+    adata.obs["kind"] = np.where(adata.obs["condition"] == "ctrl", "ctrl", "pert")
+    gh.GenoHoptionModel.setup_anndata(adata, labels_key="kind")
+    model = gh.GenoHoptionModel(adata, d_model=16, n_heads=2, n_layers=1, d_hid=32)
+    with pytest.raises(TypeError, match="perturbation_key"):
+        model.predict_perturbation(adata, "ctrl")
+
+
+def test_norman_subset_unmeasured_genes_raise(shared_data):
+    adata = gh.datasets.read_gears(shared_data / "perturbation" / "norman_subset_gears_format.h5ad")
+    adata.varp["gene_graph"] = sp.eye(adata.n_vars, format="csr")
+    before = copy.deepcopy(adata)
+    with pytest.raises(KeyError, match="drop_unmeasured"):
+        gh.GenoHoptionModel.setup_anndata(adata, perturbation_key="condition", gene_symbols="gene_name")
+    _same(adata, before)

@@ -1,0 +1,142 @@
+"""GEARS simulation split and perturbation metrics against hand-computed values."""
+
+from __future__ import annotations
+
+import copy
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+import genohoption as gh
+from genohoption.data._perturbation import parse_condition
+
+GENES = [f"G{i}" for i in range(12)]
+
+
+def _conditions():
+    singles = [f"{g}+ctrl" for g in GENES]
+    combos = [f"{GENES[i]}+{GENES[j]}" for i in range(12) for j in range(i + 1, 12) if (i + j) % 3 == 0]
+    return ["ctrl", *singles, *combos]
+
+
+def _adata(conditions, cells=2):
+    obs = pd.DataFrame({"condition": np.repeat(conditions, cells)})
+    obs.index = obs.index.astype(str)
+    return ad.AnnData(X=np.zeros((len(obs), 3), np.float32), obs=obs)
+
+
+def test_split_properties():
+    adata = _adata(_conditions())
+    groups = gh.tl.perturbation_split(adata, seed=3, train_gene_fraction=0.75)
+    split = adata.obs.drop_duplicates("condition").set_index("condition")["split"]
+    train = [c for c in split.index if split[c] == "train" and c != "ctrl"]
+    train_genes = {g for c in train for g in parse_condition(c)}
+    test_seen = {g for c in split.index if split[c] != "val" for g in parse_condition(c)}
+    assert split["ctrl"] == "train"
+    # test subgroups are what they claim, against the genes seen in the first split (train + val)
+    seen = {g for c in split.index if split[c] in ("train", "val") for g in parse_condition(c)}
+    assert len(seen) == int(12 * 0.75)
+    for c in groups["unseen_single"]:
+        assert c.endswith("+ctrl") and parse_condition(c)[0] not in seen and split[c] == "test"
+    for k, name in enumerate(["combo_seen0", "combo_seen1", "combo_seen2"]):
+        for c in groups[name]:
+            genes = parse_condition(c)
+            assert len(genes) == 2 and sum(g in seen for g in genes) == k and split[c] == "test"
+    # no gene of an unseen single or an unseen part of a combo is perturbed in training
+    for c in groups["unseen_single"] + groups["combo_seen0"] + groups["combo_seen1"]:
+        assert not ({g for g in parse_condition(c) if g not in seen} & train_genes)
+    # every perturbed condition lands in exactly one place
+    n_test = sum(len(v) for v in groups.values())
+    assert n_test == int((split == "test").sum())
+    assert set(adata.uns["split"]["test_subgroup"]) == set(groups)
+    assert test_seen  # split is non-trivial
+    # seeded
+    again = _adata(_conditions())
+    assert gh.tl.perturbation_split(again, seed=3) == groups
+    assert not gh.tl.perturbation_split(_adata(_conditions()), seed=4) == groups
+
+
+def test_split_handcrafted():
+    conds = ["ctrl", "A+ctrl", "B+ctrl", "C+ctrl", "D+ctrl", "A+B", "A+C", "C+D"]
+    adata = _adata(conds)
+    groups = gh.tl.perturbation_split(adata, seed=0, train_gene_fraction=0.5, combo_seen2_train_fraction=1.0,
+                                      val_gene_fraction=1.0, val_combo_fraction=1.0)
+    seen = {g for c in conds[1:5] if c not in groups["unseen_single"] for g in parse_condition(c)}
+    assert len(seen) == 2 and len(groups["unseen_single"]) == 2
+    expect = {"combo_seen0": [], "combo_seen1": [], "combo_seen2": []}
+    for c in ["A+B", "A+C", "C+D"]:
+        n = sum(g in seen for g in c.split("+"))
+        if n < 2:
+            expect[f"combo_seen{n}"].append(c)
+    for k, v in expect.items():
+        assert sorted(groups[k]) == sorted(v)
+    # all-seen combos stay in training with combo_seen2_train_fraction=1
+    assert groups["combo_seen2"] == []
+
+
+def test_split_bad_input_leaves_data_unchanged():
+    adata = _adata(["ctrl", "A+ctrl", "A+"])
+    before = copy.deepcopy(adata)
+    with pytest.raises(ValueError, match="Malformed"):
+        gh.tl.perturbation_split(adata)
+    with pytest.raises(KeyError):
+        gh.tl.perturbation_split(adata, perturbation_key="nope")
+    with pytest.raises(ValueError, match="train_gene_fraction"):
+        gh.tl.perturbation_split(_adata(["ctrl", "A+ctrl"]), train_gene_fraction=0)
+    pd.testing.assert_frame_equal(adata.obs, before.obs)
+    assert set(adata.uns) == set(before.uns)
+
+
+def _metric_data():
+    # 3 genes; control mean (1, 2, 3); condition "A+ctrl" mean (1, 4, 0); "A+B" mean (3, 2, 3)
+    X = np.array([[1, 2, 3], [1, 2, 3], [0, 4, 0], [2, 4, 0], [3, 1, 3], [3, 3, 3]], np.float32)
+    obs = pd.DataFrame({"condition": ["ctrl", "ctrl", "A+ctrl", "A+ctrl", "A+B", "A+B"]},
+                       index=[f"c{i}" for i in range(6)])
+    return ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=["A", "B", "C"]))
+
+
+def test_metrics_hand_computed():
+    adata = _metric_data()
+    pred = pd.DataFrame([[1.0, 3.0, 1.0], [2.0, 2.0, 3.0]], index=["A+ctrl", "A+B"], columns=["A", "B", "C"])
+    before = copy.deepcopy(adata)
+    m = gh.tl.perturbation_metrics(adata, pred, n_de=3, subgroups={"unseen_single": ["A+ctrl"],
+                                                                  "combo_seen2": ["A+B"]})
+    # A+ctrl: pred (1, 3, 1), truth (1, 4, 0), ctrl (1, 2, 3): deltas (0, 1, -2) vs (0, 2, -3)
+    d1, d2 = np.array([0, 1, -2.0]), np.array([0, 2, -3.0])
+    assert m.loc["A+ctrl", "pearson_delta"] == pytest.approx(np.corrcoef(d1, d2)[0, 1])
+    assert m.loc["A+ctrl", "pearson"] == pytest.approx(np.corrcoef([1, 3, 1], [1, 4, 0])[0, 1])
+    assert m.loc["A+ctrl", "mse"] == pytest.approx((0 + 1 + 1) / 3)
+    # with all 3 genes as "DE" genes the DE metrics equal the full ones
+    assert m.loc["A+ctrl", "pearson_delta_de"] == pytest.approx(m.loc["A+ctrl", "pearson_delta"])
+    # A+B: pred (2, 2, 3), truth (3, 2, 3): delta pred (1, 0, 0) vs truth (2, 0, 0): r = 1
+    assert m.loc["A+B", "pearson_delta"] == pytest.approx(1.0)
+    assert m.loc["A+B", "mse"] == pytest.approx(1 / 3)
+    assert list(m["subgroup"]) == ["unseen_single", "combo_seen2"]
+    # no-change baseline: pearson_delta 0 by GEARS' convention
+    ctrl = pd.DataFrame([[1.0, 2.0, 3.0]] * 2, index=["A+ctrl", "A+B"], columns=["A", "B", "C"])
+    base = gh.tl.perturbation_metrics(adata, ctrl, n_de=3)
+    assert (base["pearson_delta"] == 0).all()
+    # top-1 DE gene of A+B is A (the only one changed): pearson of a single value is 0, mse hand-computed
+    m1 = gh.tl.perturbation_metrics(adata, pred, n_de=1)
+    assert m1.loc["A+B", "mse_de"] == pytest.approx(1.0)
+    by = gh.tl.perturbation_metrics(adata, pred, n_de=3, by="subgroup",
+                                    subgroups={"unseen_single": ["A+ctrl"], "combo_seen2": ["A+B"]})
+    assert by.loc["all", "mse"] == pytest.approx((2 / 3 + 1 / 3) / 2) and by.loc["all", "n_conditions"] == 2
+    pd.testing.assert_frame_equal(adata.obs, before.obs)
+    assert set(adata.uns) == set(before.uns)
+
+
+def test_metrics_bad_input():
+    adata = _metric_data()
+    pred = pd.DataFrame([[1.0, 3.0, 1.0]], index=["A+ctrl"], columns=["A", "B", "C"])
+    one = adata[[0, 1, 2, 4, 5]].copy()  # A+ctrl has one cell
+    before = copy.deepcopy(one)
+    with pytest.raises(ValueError, match="fewer than 2 cells"):
+        gh.tl.perturbation_metrics(one, pred)
+    pd.testing.assert_frame_equal(one.obs, before.obs)
+    with pytest.raises(ValueError, match="No control"):
+        gh.tl.perturbation_metrics(adata[2:].copy(), pred)
+    with pytest.raises(KeyError, match="no observed"):
+        gh.tl.perturbation_metrics(adata, pred.rename(index={"A+ctrl": "C+ctrl"}))
