@@ -10,7 +10,7 @@ import pytest
 from scipy import sparse
 
 import genohoption as gh
-from genohoption.datasets import _prior
+from genohoption.pp import _priors as _prior
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("GENOHOPTION_SHARED_DATA", REPO / ".." / "shared" / "data")).resolve()

@@ -36,8 +36,9 @@ def test_read_gears_errors(tmp_path, shared_data):
 
 
 def test_simulate_perturbation():
-    adata = gh.datasets.simulate_perturbation(n_genes=30, n_regulators=10, n_perturbed=5, n_combos=4,
-                                              n_control=40, cells_per_condition=6, seed=1)
+    adata = gh.datasets.simulate_perturbation(
+        n_genes=30, n_regulators=10, n_perturbed=5, n_combos=4, n_control=40, cells_per_condition=6, seed=1
+    )
     cond = adata.obs["condition"].astype(str)
     assert adata.n_vars == 30 and (cond == "ctrl").sum() == 40
     assert sum(c.endswith("+ctrl") for c in cond.unique()) == 5
@@ -47,6 +48,7 @@ def test_simulate_perturbation():
     for g in adata.uns["simulation"]["perturbed_genes"]:
         j = adata.var_names.get_loc(g)
         assert X[cond == f"{g}+ctrl", j].mean() < X[cond == "ctrl", j].mean()
-    again = gh.datasets.simulate_perturbation(n_genes=30, n_regulators=10, n_perturbed=5, n_combos=4,
-                                              n_control=40, cells_per_condition=6, seed=1)
+    again = gh.datasets.simulate_perturbation(
+        n_genes=30, n_regulators=10, n_perturbed=5, n_combos=4, n_control=40, cells_per_condition=6, seed=1
+    )
     np.testing.assert_array_equal(again.X.toarray(), X)

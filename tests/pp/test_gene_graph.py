@@ -384,3 +384,13 @@ print("ok")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize("fmt", ["dense", "csr"])
+def test_exact_cell_chunks_identical(X_corr, fmt, monkeypatch):
+    from genohoption.pp import _coexpression
+
+    monkeypatch.setattr(_coexpression, "_CHUNK_BYTES", 4 * 16 * 37)  # 37 cells per chunk at block 16
+    X = X_corr if fmt == "dense" else sparse.csr_matrix(X_corr)
+    rows, cols, _ = coexpression_topk_exact(X, 8, 0.3, block_size=16)
+    assert set(zip(rows.tolist(), cols.tolist(), strict=True)) == H.naive_edges(X_corr, 8, 0.3)

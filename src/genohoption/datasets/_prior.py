@@ -2,40 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
-from functools import lru_cache
-from pathlib import Path
 
 import pandas as pd
 
 from genohoption.pp._priors import read_prior
-
-_DATA_DIR = Path(__file__).parent / "data"
-_DEFAULT_PRIOR_FILE = "omnipath_transcriptional.parquet"
-_DEFAULT_PRIOR_SHA256 = "b9f091365c70f6cc38c79c4d6aca85d97daa2e79442941d1af165f956b011ecc"
-"""sha256 of the packaged parquet, as written by ``scripts/make_default_prior.py``."""
-
-
-@lru_cache(maxsize=1)
-def _load_default_prior() -> pd.DataFrame:
-    path = _DATA_DIR / _DEFAULT_PRIOR_FILE
-    if not path.exists():
-        raise FileNotFoundError(
-            f"The packaged default prior {path} is missing; reinstall genohoption or regenerate it with "
-            "`python scripts/make_default_prior.py`."
-        )
-    data = path.read_bytes()
-    sha = hashlib.sha256(data).hexdigest()
-    if sha != _DEFAULT_PRIOR_SHA256:
-        raise OSError(
-            f"The packaged default prior {path} is corrupted or was modified (sha256 {sha}, expected "
-            f"{_DEFAULT_PRIOR_SHA256}). Reinstall genohoption or regenerate it with "
-            "`python scripts/make_default_prior.py` and update the hash."
-        )
-    df = pd.read_parquet(path)
-    return df
 
 
 def prior_network(
@@ -96,20 +68,4 @@ def prior_network(
     >>> net.columns.tolist()[:3]
     ['source', 'target', 'weight']
     """
-    items = list(name) if isinstance(name, list | tuple) else [name]
-    if not items:
-        raise ValueError("Got an empty list of prior networks.")
-    frames = []
-    for item in items:
-        if isinstance(item, str) and item == "default":
-            if kind is not None or min_confidence is not None:
-                raise ValueError("`kind` and `min_confidence` do not apply to the default network.")
-            df = _load_default_prior().copy()
-            df["weight"] = df["weight"].astype("float64")
-            frames.append(df)
-        else:
-            frames.append(read_prior(item, kind=kind, min_confidence=min_confidence))
-    if len(frames) == 1:
-        return frames[0]
-    out = pd.concat(frames, ignore_index=True)
-    return out.drop_duplicates(["source", "target"], keep="first").reset_index(drop=True)
+    return read_prior(name, kind=kind, min_confidence=min_confidence)

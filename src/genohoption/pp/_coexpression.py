@@ -3,10 +3,11 @@
 The matrix ``X`` is ``(n_cells, n_genes)``. For genes ``i`` and ``j`` with means ``m`` and population
 standard deviations ``s``, ``r_ij = sum_c z_ci x_cj / (n s_j)`` with ``z_ci = (x_ci - m_i) / s_i``: as
 ``z_i`` sums to zero, only one side of each product needs centring. The exact kernel standardises
-a block ``I`` of genes densely, multiplies it with dense copies of the raw blocks ``J >= I``
-(float32 BLAS GEMM; the diagonal block in upper tiles, so every pair is computed about once) and keeps a running top-k
-per gene, updating the rows of ``I`` with ``C`` and the rows of ``J`` with ``C.T``. Memory is the
-(sparse) input, one CSC copy of it, and two dense gene blocks.
+a block ``I`` of genes densely (all cells), multiplies it with dense slices (chunks of cells) of the
+raw blocks ``J > I`` (float32 BLAS GEMM; ``syrk`` on the diagonal block, so every pair is computed
+once) and keeps a running top-k per gene, updating the rows of ``I`` with ``C`` and the rows of
+``J`` with ``C.T``. Memory: the (sparse) input, one CSC copy of it, one dense standardised block
+(<= 512 MiB by default) and one dense chunk (128 MiB).
 """
 
 from __future__ import annotations
@@ -16,17 +17,21 @@ import math
 
 import numpy as np
 from scipy import sparse
+from scipy.linalg import blas
 
 logger = logging.getLogger(__name__)
 
 _BLOCK_BYTES = 512 * 2**20
-"""Default memory for the two dense float32 gene blocks of the exact kernel."""
+"""Largest dense standardised gene block (all cells) of the exact kernel by default."""
 
-APPROX_SKETCH_CELLS = 4096
+_CHUNK_BYTES = 128 * 2**20
+"""Dense slice of the second gene block (a chunk of cells) of the exact kernel."""
+
+APPROX_SKETCH_CELLS = 2048
 """Cells subsampled by ``method="approx"`` to find candidate neighbours."""
 
-APPROX_CANDIDATES = 3.0
-"""``method="approx"`` re-ranks ``ceil(3 * n_neighbors)`` (at least ``n_neighbors + 20``) candidates."""
+APPROX_CANDIDATES = 5.0
+"""``method="approx"`` re-ranks ``ceil(5 * n_neighbors)`` (at least ``n_neighbors + 20``) candidates."""
 
 
 class _GeneMatrix:
@@ -47,11 +52,11 @@ class _GeneMatrix:
         self.X = X
         self.n_cells, self.n_genes = X.shape
 
-    def block(self, start: int, stop: int) -> np.ndarray:
-        """Dense float32 ``(n_cells, stop - start)``, C-contiguous (a copy)."""
+    def block(self, start: int, stop: int, order: str = "C") -> np.ndarray:
+        """Dense float32 ``(n_cells, stop - start)`` in ``order`` (always a copy)."""
         if self.is_sparse:
-            return self.X[:, start:stop].toarray()
-        return np.array(self.X[:, start:stop], dtype=np.float32, order="C", copy=True)  # never a view
+            return self.X[:, start:stop].toarray(order=order)
+        return np.array(self.X[:, start:stop], dtype=np.float32, order=order, copy=True)  # never a view
 
     def stats(self, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Float64 mean, population std (two-pass) and a constant-gene mask."""
@@ -118,16 +123,16 @@ class _TopK:
 
     def _merge(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> None:
         k = self.k
-        urows = np.unique(rows)
-        old_val = self.val[urows].ravel()
+        lo = int(rows.min())
+        urows = np.flatnonzero(np.bincount(rows - lo)) + lo
         old_idx = self.idx[urows].ravel()
-        old_rows = np.repeat(urows, k)
         keep = old_idx >= 0
-        all_r = np.concatenate([old_rows[keep], rows])
+        all_r = np.concatenate([np.repeat(urows, k)[keep], rows])
         all_i = np.concatenate([old_idx[keep], cols])
-        all_v = np.concatenate([old_val[keep], vals])
-        # descending |r|; ties broken by smaller gene index (deterministic across block sizes)
-        order = np.lexsort((all_i, -all_v, all_r))
+        all_v = np.concatenate([self.val[urows].ravel()[keep], vals])
+        # one float64 key: row, then descending |r| (|r| in [0, 1] -> offset in [0, 0.5])
+        key = all_r + (1.0 - np.clip(all_v.astype(np.float64), 0.0, 1.0)) * 0.5
+        order = np.argsort(key, kind="stable")
         all_r, all_i, all_v = all_r[order], all_i[order], all_v[order]
         starts = np.searchsorted(all_r, urows)
         counts = np.diff(np.append(starts, all_r.size))
@@ -149,9 +154,9 @@ class _TopK:
 
 
 def default_block_size(n_cells: int, n_genes: int) -> int:
-    """Genes per (outer) block so that the two dense blocks fit :data:`_BLOCK_BYTES`."""
-    b = int(_BLOCK_BYTES / (4 * max(n_cells, 1) * 1.5))
-    b = max(64, (b // 64) * 64)
+    """Genes per block: 2048 (BLAS is inefficient for thin blocks), less if a block exceeds the budget."""
+    b = int(_BLOCK_BYTES / (4 * max(n_cells, 1)))
+    b = max(256, min(2048, (b // 128) * 128))
     return min(b, n_genes)
 
 
@@ -169,8 +174,8 @@ def coexpression_topk_exact(
     min_corr
         Keep only ``|r| > min_corr``.
     block_size
-        Genes per outer block (the inner block is half of it). ``None``: about 512 MiB of dense
-        float32 blocks.
+        Genes per block. ``None``: 2048, or less when one dense standardised block of all cells would
+        exceed 512 MiB. Results do not depend on it (up to float32 round-off).
 
     Returns
     -------
@@ -179,39 +184,30 @@ def coexpression_topk_exact(
     gm = _GeneMatrix(X)
     n, g = gm.n_cells, gm.n_genes
     k = min(n_neighbors, max(g - 1, 1))
-    bI = block_size if block_size is not None else default_block_size(n, g)
-    bI = max(1, min(bI, g))
-    bJ = max(1, bI // 2)
-    mean, std, const = gm.stats(bI)
+    b = block_size if block_size is not None else default_block_size(n, g)
+    b = max(1, min(b, g))
+    cell_chunk = max(1, _CHUNK_BYTES // (4 * b))
+    mean, std, const = gm.stats(b)
     inv = np.where(const, 0.0, 1.0 / np.where(const, 1.0, std * math.sqrt(n))).astype(np.float32)
     mean32 = mean.astype(np.float32)
     top = _TopK(g, k, min_corr)
-    bD = max(1, bJ // 2)  # tiles of the diagonal block
-    for i0 in range(0, g, bI):
-        i1 = min(i0 + bI, g)
-        zI = gm.block(i0, i1)
+    for i0 in range(0, g, b):
+        i1 = min(i0 + b, g)
+        zI = gm.block(i0, i1, order="F")
         zI -= mean32[i0:i1]
         zI *= inv[i0:i1]
-        # diagonal block: upper tiles only, as GEMMs on column slices of zI (no copies)
-        for p0 in range(0, i1 - i0, bD):
-            p1 = min(p0 + bD, i1 - i0)
-            for q0 in range(p0, i1 - i0, bD):
-                q1 = min(q0 + bD, i1 - i0)
-                C = zI[:, p0:p1].T @ zI[:, q0:q1]
-                np.abs(C, out=C)
-                if q0 == p0:
-                    np.fill_diagonal(C, 0.0)
-                    top.update(C, i0 + p0, i0 + q0)
-                else:
-                    top.update(C, i0 + p0, i0 + q0)
-                    top.update(C, i0 + q0, i0 + p0, transpose=True)
-                del C
-        # off-diagonal blocks: zI.T @ raw x_J (z_I sums to zero, so x_J needs no centring)
-        for j0 in range(i1, g, bJ):
-            j1 = min(j0 + bJ, g)
-            xJ = gm.block(j0, j1)
-            C = zI.T @ xJ
-            del xJ
+        # diagonal block: syrk (Fortran-ordered zI, no copy) gives the upper triangle of zI.T @ zI
+        C = blas.ssyrk(1.0, zI, trans=1)
+        C = np.triu(C, 1)
+        C += C.T
+        np.abs(C, out=C)
+        top.update(C, i0, i0)
+        del C
+        # off-diagonal blocks: zI.T @ raw x_J (z_I sums to zero, so x_J needs no centring),
+        # accumulated over chunks of cells so that only a slice of x_J is ever dense
+        for j0 in range(i1, g, b):
+            j1 = min(j0 + b, g)
+            C = _cross(gm, zI, j0, j1, cell_chunk)
             C *= inv[j0:j1]
             np.abs(C, out=C)
             top.update(C, i0, j0)
@@ -219,6 +215,24 @@ def coexpression_topk_exact(
             del C
         del zI
     return top.edges()
+
+
+def _cross(gm: _GeneMatrix, zI: np.ndarray, j0: int, j1: int, cell_chunk: int) -> np.ndarray:
+    """``zI.T @ X[:, j0:j1]`` with ``X[:, j0:j1]`` densified ``cell_chunk`` rows at a time."""
+    n = gm.n_cells
+    if cell_chunk >= n:
+        return zI.T @ gm.block(j0, j1)
+    C = np.zeros((zI.shape[1], j1 - j0), dtype=np.float32)
+    if gm.is_sparse:
+        xJ = gm.X[:, j0:j1].tocsr()
+        for c0 in range(0, n, cell_chunk):
+            c1 = min(c0 + cell_chunk, n)
+            C += zI[c0:c1].T @ xJ[c0:c1].toarray()
+    else:
+        for c0 in range(0, n, cell_chunk):
+            c1 = min(c0 + cell_chunk, n)
+            C += zI[c0:c1].T @ np.asarray(gm.X[c0:c1, j0:j1], dtype=np.float32)
+    return C
 
 
 def coexpression_topk_approx(
@@ -233,9 +247,10 @@ def coexpression_topk_approx(
     """Approximate top-k: candidates from a cell subsample, then exact re-ranking on all cells.
 
     Correlations on ``n_sketch_cells`` random cells (standard error about ``1 / sqrt(n_sketch_cells)``)
-    give ``max(3 k, k + 20)`` candidates per gene with ``|r|`` above ``min_corr`` minus a margin of
+    give ``max(5 k, k + 20)`` candidates per gene with ``|r|`` above ``min_corr`` minus a margin of
     four standard errors; their exact correlations over all cells are then computed pair by pair
-    (numba) and the top ``k`` above ``min_corr`` kept. Returned ``|r|`` are exact; only neighbours
+    (each unordered pair once: a dense standardised gene block gathered at the partner's non-zeros,
+    numba) and the top ``k`` above ``min_corr`` kept. Returned ``|r|`` are exact; only neighbours
     missed by the sketch are lost (recall is reported by ``benchmarks/gene_graph.py``).
     """
     gm_rows = X.shape[0]
@@ -249,69 +264,82 @@ def coexpression_topk_approx(
     rows, cols, _ = coexpression_topk_exact(Xs, n_cand, max(0.0, min_corr - margin), block_size=block_size)
     del Xs
     gm = _GeneMatrix(X)
-    mean, std, const = gm.stats(block_size or default_block_size(gm.n_cells, gm.n_genes))
-    r = _pair_corr(gm, rows, cols, mean, std, const)
-    top = _TopK(gm.n_genes, min(n_neighbors, max(gm.n_genes - 1, 1)), min_corr)
+    b = block_size or default_block_size(gm.n_cells, gm.n_genes)
+    mean, std, const = gm.stats(b)
+    # each unordered pair once
+    lo, hi = np.minimum(rows, cols), np.maximum(rows, cols)
+    pairs = np.unique(lo * gm.n_genes + hi)
+    lo, hi = pairs // gm.n_genes, pairs % gm.n_genes
+    r = _pair_corr(gm, lo, hi, mean, std, const, b)
     absr = np.abs(r).astype(np.float32)
     ok = absr > min_corr
+    top = _TopK(gm.n_genes, min(n_neighbors, max(gm.n_genes - 1, 1)), min_corr)
     if ok.any():
-        top._merge(rows[ok], cols[ok], absr[ok])
+        top._merge(np.concatenate([lo[ok], hi[ok]]), np.concatenate([hi[ok], lo[ok]]), np.tile(absr[ok], 2))
     return top.edges()
 
 
-def _pair_corr(gm: _GeneMatrix, rows, cols, mean, std, const) -> np.ndarray:
-    """Exact Pearson r for the gene pairs ``(rows[e], cols[e])`` over all cells."""
+def _pair_corr(gm: _GeneMatrix, rows, cols, mean, std, const, block_size: int) -> np.ndarray:
+    """Exact Pearson r for the gene pairs ``(rows[e], cols[e])`` over all cells.
+
+    Sparse input: for each block of ``rows`` genes, standardise them densely (as the exact kernel)
+    and gather them at the non-zeros of each partner column (numba), ``O(nnz(col))`` per pair.
+    """
     n = gm.n_cells
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     cols = np.ascontiguousarray(cols, dtype=np.int64)
+    r = np.zeros(rows.size)
     if gm.is_sparse:
-        dots = _sparse_pair_dots()(gm.X.indptr.astype(np.int64), gm.X.indices, gm.X.data, rows, cols)
+        inv = np.where(const, 0.0, 1.0 / np.where(const, 1.0, std * math.sqrt(n)))
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        indptr = gm.X.indptr.astype(np.int64)
+        kernel = _sparse_pair_gather()
+        for i0 in range(0, gm.n_genes, block_size):
+            i1 = min(i0 + block_size, gm.n_genes)
+            s0, s1 = np.searchsorted(sorted_rows, [i0, i1])
+            if s0 == s1:
+                continue
+            sel = order[s0:s1]
+            zI = gm.block(i0, i1, order="F")
+            zI -= mean[i0:i1].astype(np.float32)
+            zI *= inv[i0:i1].astype(np.float32)
+            r[sel] = kernel(zI, rows[sel] - i0, cols[sel], indptr, gm.X.indices, gm.X.data) * inv[cols[sel]]
+            del zI
     else:
-        dots = np.empty(rows.size)
         Xd = gm.X
         step = max(1, 2**24 // max(n, 1))
         for s in range(0, rows.size, step):
             a = np.asarray(Xd[:, rows[s : s + step]], dtype=np.float64)
             b = np.asarray(Xd[:, cols[s : s + step]], dtype=np.float64)
-            dots[s : s + step] = np.einsum("ij,ij->j", a, b)
-    cov = dots / n - mean[rows] * mean[cols]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = cov / (std[rows] * std[cols])
+            dots = np.einsum("ij,ij->j", a, b)
+            cov = dots / n - mean[rows[s : s + step]] * mean[cols[s : s + step]]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                r[s : s + step] = cov / (std[rows[s : s + step]] * std[cols[s : s + step]])
     r[const[rows] | const[cols]] = 0.0
     return np.clip(np.nan_to_num(r), -1.0, 1.0)
 
 
-_SPARSE_PAIR_DOTS = None
+_SPARSE_PAIR_GATHER = None
 
 
-def _sparse_pair_dots():
-    """Numba kernel (compiled on first use): ``sum_c x_ci x_cj`` of sorted CSC columns."""
-    global _SPARSE_PAIR_DOTS
-    if _SPARSE_PAIR_DOTS is None:
+def _sparse_pair_gather():
+    """Numba kernel (compiled on first use): ``sum_c zI[c, a] x_cj`` over the non-zeros of column ``j``."""
+    global _SPARSE_PAIR_GATHER
+    if _SPARSE_PAIR_GATHER is None:
         import numba
 
         @numba.njit(parallel=True, cache=False, nogil=True)
-        def pair_dots(indptr, indices, data, rows, cols):  # pragma: no cover - compiled
-            out = np.zeros(rows.size)
-            for e in numba.prange(rows.size):
-                i = rows[e]
+        def pair_gather(zI, a_local, cols, indptr, indices, data):  # pragma: no cover - compiled
+            out = np.zeros(a_local.size)
+            for e in numba.prange(a_local.size):
+                a = a_local[e]
                 j = cols[e]
-                a, a_end = indptr[i], indptr[i + 1]
-                b, b_end = indptr[j], indptr[j + 1]
                 acc = 0.0
-                while a < a_end and b < b_end:
-                    ra = indices[a]
-                    rb = indices[b]
-                    if ra == rb:
-                        acc += np.float64(data[a]) * np.float64(data[b])
-                        a += 1
-                        b += 1
-                    elif ra < rb:
-                        a += 1
-                    else:
-                        b += 1
+                for p in range(indptr[j], indptr[j + 1]):
+                    acc += np.float64(zI[indices[p], a]) * np.float64(data[p])
                 out[e] = acc
             return out
 
-        _SPARSE_PAIR_DOTS = pair_dots
-    return _SPARSE_PAIR_DOTS
+        _SPARSE_PAIR_GATHER = pair_gather
+    return _SPARSE_PAIR_GATHER

@@ -84,9 +84,10 @@ def build_gene_graph(
     min_corr
         Keep co-expression neighbours with ``|r| > min_corr``; in ``[0, 1)``.
     method
-        ``"exact"``: all pairs. ``"approx"``: candidates from correlations on a random subsample of
-        4,096 cells, re-ranked exactly on all cells (much faster for many cells; recall against
-        exact is reported in ``benchmarks/README.md``). Equal to ``"exact"`` for ``<= 4,096`` cells.
+        ``"exact"``: all pairs. ``"approx"``: ``5 * n_neighbors`` candidates per gene from
+        correlations on a random subsample of 2,048 cells, re-ranked exactly on all cells (much
+        faster for many cells; edge recall against exact is in ``benchmarks/README.md``). Equal to
+        ``"exact"`` for ``<= 2,048`` cells.
     cells
         Cells used for the correlations (e.g. the training cells only, so query cells never leak):
         a boolean mask of length ``n_obs``, or ``(obs_key, value)`` / ``(obs_key, [values, ...])``.
@@ -356,7 +357,11 @@ def _get_matrix(adata: AnnData, layer: str | None, cell_mask: np.ndarray | None)
             f"{where} is float16, too imprecise for correlations. Convert it, e.g. "
             f"`{where} = {where}.astype(np.float32)`."
         )
-    if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.bool_)):
+    if not (
+        np.issubdtype(dtype, np.floating)
+        or np.issubdtype(dtype, np.integer)
+        or np.issubdtype(dtype, np.bool_)
+    ):
         raise TypeError(f"{where} must hold real numbers, got dtype {dtype}.")
     if sparse.issparse(X) and X.format not in ("csr", "csc"):
         X = sparse.csr_matrix(X)
@@ -388,12 +393,6 @@ def _check_values(X, where: str) -> None:
 
 
 def _resolve_prior(prior) -> pd.DataFrame:
-    from genohoption.datasets._prior import prior_network
-
-    if isinstance(prior, str) and prior == "default":
-        return prior_network("default")
-    if isinstance(prior, list | tuple) and any(isinstance(p, str) and p == "default" for p in prior):
-        return prior_network(list(prior))
     return read_prior(prior)
 
 

@@ -7,8 +7,10 @@ input has none), as used by decoupler and OmniPath.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +19,41 @@ import pandas as pd
 PRIOR_COLUMNS = ("source", "target", "weight")
 """Columns of a normalised prior network."""
 
+_DATA_DIR = Path(__file__).resolve().parents[1] / "datasets" / "data"
+"""Folder of the packaged default prior (kept here so that ``pp`` never imports ``datasets``)."""
+_DEFAULT_PRIOR_FILE = "omnipath_transcriptional.parquet"
+_DEFAULT_PRIOR_SHA256 = "b9f091365c70f6cc38c79c4d6aca85d97daa2e79442941d1af165f956b011ecc"
+"""sha256 of the packaged parquet, as written by ``scripts/make_default_prior.py``."""
+
 _REVERSED_KINDS = ("jaspar", "motifmap")
 _KINDS = ("edges", "dorothea", "omnipath", *_REVERSED_KINDS)
 _CONFIDENCE_LEVELS = ("A", "B", "C", "D", "E")
+
+
+@lru_cache(maxsize=1)
+def _load_default_prior() -> pd.DataFrame:
+    """Read the packaged default prior after checking its sha256 (cached; callers must copy)."""
+    path = _DATA_DIR / _DEFAULT_PRIOR_FILE
+    if not path.exists():
+        raise FileNotFoundError(
+            f"The packaged default prior {path} is missing; reinstall genohoption or regenerate it with "
+            "`python scripts/make_default_prior.py`."
+        )
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    if sha != _DEFAULT_PRIOR_SHA256:
+        raise OSError(
+            f"The packaged default prior {path} is corrupted or was modified (sha256 {sha}, expected "
+            f"{_DEFAULT_PRIOR_SHA256}). Reinstall genohoption or regenerate it with "
+            "`python scripts/make_default_prior.py` and update the hash."
+        )
+    return pd.read_parquet(path)
+
+
+def default_prior() -> pd.DataFrame:
+    """Return the packaged default network: ``source``, ``target``, ``weight`` (float), ``sources``."""
+    df = _load_default_prior().copy()
+    df["weight"] = df["weight"].astype("float64")
+    return df
 
 
 def _detect_kind(path: Path) -> str | None:
@@ -149,8 +183,8 @@ def read_prior(
 ) -> pd.DataFrame:
     """Read one or several prior networks and merge them.
 
-    ``"default"`` (the packaged OmniPath network) is resolved by
-    :func:`genohoption.datasets.prior_network`; here only DataFrames and files are handled. Files:
+    ``"default"`` is the packaged OmniPath network (see :func:`genohoption.datasets.prior_network`).
+    Files:
     ``.csv`` (comma), ``.tsv`` / ``.txt`` / ``.tab`` (tab) or ``.parquet``; the layout is detected
     from the columns and, for the reversed DGP-AMIO tables, from the file name (``JASPAR``,
     ``MOTIFMAP``) unless ``kind`` is given. Merged networks are deduplicated on
@@ -161,7 +195,11 @@ def read_prior(
         raise ValueError("Got an empty list of prior networks.")
     frames = []
     for item in items:
-        if isinstance(item, pd.DataFrame):
+        if isinstance(item, str) and item == "default":
+            if kind is not None or min_confidence is not None:
+                raise ValueError("`kind` and `min_confidence` do not apply to the default network.")
+            frames.append(default_prior())
+        elif isinstance(item, pd.DataFrame):
             frames.append(normalize_prior(item, kind=kind, min_confidence=min_confidence))
         elif isinstance(item, str | os.PathLike):
             path = Path(item)
