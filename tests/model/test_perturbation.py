@@ -35,6 +35,11 @@ def sim():
 
 @pytest.fixture(scope="module")
 def trained(sim):
+    import scvi
+    import torch
+
+    scvi.settings.seed = 0  # independent of the tests that ran before
+    torch.manual_seed(0)
     adata = sim.copy()
     gh.GenoHoptionModel.setup_anndata(adata, perturbation_key="condition", gene_symbols="gene_name")
     model = gh.GenoHoptionModel(adata, attention="ppr", d_model=32, n_heads=2, n_layers=2, d_hid=64,

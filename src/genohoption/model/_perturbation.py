@@ -155,7 +155,7 @@ class PerturbationMixin:
 
     # ------------------------------------------------------------------ prediction
     @property
-    def gene_symbols(self) -> np.ndarray:
+    def perturbation_gene_symbols(self) -> np.ndarray:
         """Symbols of the model's genes, used to read perturbation conditions (perturbation models)."""
         return np.asarray(self.registry_["field_registries"][PERT_KEY]["state_registry"]["gene_symbols"], dtype=str)
 
@@ -243,7 +243,7 @@ class PerturbationMixin:
         if not conds or not all(isinstance(c, str) for c in conds):
             raise TypeError(f"conditions must be a condition string or a list of them, got {conditions!r}.")
         control_value = self.registry_["setup_args"]["control_value"]
-        table = condition_gene_indices(conds, self.gene_symbols, control_value, what="conditions")
+        table = condition_gene_indices(conds, self.perturbation_gene_symbols, control_value, what="conditions")
         layer = self.registry_["setup_args"]["layer"]
         X = self._aligned_matrix(adata, layer)
         same_genes = adata.var_names.equals(self.var_names)
