@@ -67,23 +67,31 @@ def read_gears(
         raise FileNotFoundError(f"{path} not found: pass the path of a GEARS perturb_processed.h5ad file.")
     adata = ad.read_h5ad(path)
     if perturbation_key not in adata.obs:
-        raise KeyError(f"{path.name} has no obs[{perturbation_key!r}] (columns: {list(adata.obs.columns)}); "
-                       "pass perturbation_key= naming the condition column.")
+        raise KeyError(
+            f"{path.name} has no obs[{perturbation_key!r}] (columns: {list(adata.obs.columns)}); "
+            "pass perturbation_key= naming the condition column."
+        )
     symbol_col = next((c for c in SYMBOL_COLUMNS if c in adata.var), None)
     if symbol_col is None:
-        raise KeyError(f"{path.name} has no gene symbol column in var (looked for {SYMBOL_COLUMNS}); GEARS "
-                       "conditions are written with symbols.")
+        raise KeyError(
+            f"{path.name} has no gene symbol column in var (looked for {SYMBOL_COLUMNS}); GEARS "
+            "conditions are written with symbols."
+        )
     if "gene_name" not in adata.var:
         adata.var["gene_name"] = adata.var[symbol_col].astype(str).to_numpy()
     conditions = adata.obs[perturbation_key].astype(str)
     parsed = parse_conditions(conditions, control_value)
     if not (conditions == control_value).any():
-        raise ValueError(f"{path.name} has no control cells (obs[{perturbation_key!r}] == {control_value!r}); pass "
-                         "control_value=.")
+        raise ValueError(
+            f"{path.name} has no control cells (obs[{perturbation_key!r}] == {control_value!r}); pass "
+            "control_value=."
+        )
     X = adata.X
     data = X.data if sp.issparse(X) else np.asarray(X)
     if data.size and (not np.all(np.isfinite(data)) or data.min() < 0):
-        raise ValueError(f"{path.name}: X holds NaN, inf or negative values; GEARS files hold log-normalised counts.")
+        raise ValueError(
+            f"{path.name}: X holds NaN, inf or negative values; GEARS files hold log-normalised counts."
+        )
     adata.X = sp.csr_matrix(X, dtype=np.float32)
     index = gene_index(adata.var["gene_name"].astype(str))
     unmeasured = sorted({g for genes in parsed.values() for g in genes if g not in index})

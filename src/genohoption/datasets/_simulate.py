@@ -115,7 +115,9 @@ def simulate_perturbation(
         raise ValueError("network needs 'source' and 'target' columns (and optionally 'weight').")
     genes, edges = _subnetwork(net, n_genes, n_regulators, rng)
     if genes.size < 10 or edges.empty:
-        raise ValueError(f"The network gives only {genes.size} genes / {len(edges)} edges; pass a larger one.")
+        raise ValueError(
+            f"The network gives only {genes.size} genes / {len(edges)} edges; pass a larger one."
+        )
     n = genes.size
     gidx = pd.Index(genes)
     src = gidx.get_indexer(edges["source"])
@@ -164,8 +166,10 @@ def simulate_perturbation(
         for g in genes_kd:
             kd[:, g] = rng.uniform(*knockdown_range, size)
         blocks.append(steady(b, kd, k))
-        name = "ctrl" if not genes_kd else (
-            f"{genes[genes_kd[0]]}+ctrl" if len(genes_kd) == 1 else "+".join(genes[list(genes_kd)])
+        name = (
+            "ctrl"
+            if not genes_kd
+            else (f"{genes[genes_kd[0]]}+ctrl" if len(genes_kd) == 1 else "+".join(genes[list(genes_kd)]))
         )
         labels += [name] * size
     x = np.vstack(blocks)
@@ -180,13 +184,25 @@ def simulate_perturbation(
     var = pd.DataFrame({"gene_name": genes.astype(str)}, index=pd.Index(genes.astype(str)))
     adata = AnnData(X=sp.csr_matrix(lognorm), obs=obs, var=var, layers={"counts": sp.csr_matrix(counts)})
     adata.uns["simulation"] = {
-        "params": {"n_genes": int(n), "n_perturbed": int(perturbed.size), "n_combos": len(pairs),
-                   "n_control": n_control, "cells_per_condition": cells_per_condition,
-                   "knockdown_range": list(knockdown_range), "hill": hill, "noise": noise,
-                   "library_size": library_size, "seed": seed},
+        "params": {
+            "n_genes": int(n),
+            "n_perturbed": int(perturbed.size),
+            "n_combos": len(pairs),
+            "n_control": n_control,
+            "cells_per_condition": cells_per_condition,
+            "knockdown_range": list(knockdown_range),
+            "hill": hill,
+            "noise": noise,
+            "library_size": library_size,
+            "seed": seed,
+        },
         "perturbed_genes": genes[perturbed].astype(str).tolist(),
-        "edges": {"source": genes[src].astype(str).tolist(), "target": genes[tgt].astype(str).tolist(),
-                  "sign": sign.astype(int).tolist(), "strength": strength.round(4).tolist()},
+        "edges": {
+            "source": genes[src].astype(str).tolist(),
+            "target": genes[tgt].astype(str).tolist(),
+            "sign": sign.astype(int).tolist(),
+            "strength": strength.round(4).tolist(),
+        },
     }
     logger.info("simulated %d cells x %d genes, %d conditions", adata.n_obs, n, len(conditions))
     return adata
