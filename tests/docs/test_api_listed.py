@@ -1,0 +1,30 @@
+"""Every public name of every namespace is listed in docs/api.md; no docstring placeholder leaks."""
+
+import importlib
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+import genohoption as gh
+
+API = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+NAMESPACES = ["pp", "tl", "pl", "datasets", "nn", "data", "model", "module"]
+
+
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_public_names_in_api_page(namespace):
+    mod = importlib.import_module(f"genohoption.{namespace}")
+    missing = [n for n in mod.__all__ if f"{namespace}.{n}" not in API and not (namespace == "model" and n == "GenoHoptionModel")]
+    assert not missing, f"add to docs/api.md: {missing}"
+    assert "GenoHoptionModel" in API
+
+
+def test_no_placeholder_in_docstrings():
+    for namespace in NAMESPACES:
+        mod = importlib.import_module(f"genohoption.{namespace}")
+        for name in mod.__all__:
+            doc = inspect.getdoc(getattr(mod, name)) or ""
+            assert not re.search(r"%\(\w+\)s|\{\w+\}s", doc), f"{namespace}.{name}"
+    assert gh.GenoHoptionModel.__doc__
