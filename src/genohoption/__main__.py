@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                      "for the bundled data, cell_type otherwise)")
     ann.add_argument("--layer", default=None, help="layer with log-normalised expression (default: X)")
     ann.add_argument("--attention", default="ppr", choices=ATTENTIONS)
-    ann.add_argument("--max-epochs", type=int, default=15)
+    ann.add_argument("--max-epochs", type=int, default=30)
+    ann.add_argument("--patience", type=int, default=8, help="early-stopping patience (epochs)")
     ann.add_argument("--batch-size", type=int, default=32)
     ann.add_argument("--seed", type=int, default=0)
     ann.add_argument("--out", type=Path, default=Path("genohoption_output"))
@@ -75,7 +76,7 @@ def annotate(args: argparse.Namespace) -> dict:
     gh.pp.build_gene_graph(reference, layer=args.layer)
     gh.GenoHoptionModel.setup_anndata(reference, layer=args.layer, labels_key=labels_key)
     model = gh.GenoHoptionModel(reference, attention=args.attention)
-    model.train(max_epochs=args.max_epochs, batch_size=args.batch_size)
+    model.train(max_epochs=args.max_epochs, batch_size=args.batch_size, early_stopping_patience=args.patience)
     model.predict(query)
     seconds = time.perf_counter() - start
 
