@@ -27,6 +27,7 @@ extensions = [
 ]
 autosummary_generate = True
 autodoc_member_order = "groupwise"
+autodoc_inherit_docstrings = False  # torch/scvi docstrings of overridden methods are not numpydoc
 autodoc_default_options = {"members": True, "inherited-members": False, "show-inheritance": False}
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True

@@ -98,8 +98,8 @@ def perturbation_split(
 
     Returns
     -------
-    The test subgroups: a dict ``{"unseen_single": [...], "combo_seen0": [...], "combo_seen1": [...],
-    "combo_seen2": [...]}`` of condition lists. Also writes
+    The test subgroups: a dict mapping ``"unseen_single"``, ``"combo_seen0"``, ``"combo_seen1"`` and
+    ``"combo_seen2"`` to lists of conditions. Also writes
 
     - ``adata.obs[key_added]``: ``"train"``, ``"val"`` or ``"test"`` (categorical);
     - ``adata.uns[key_added]``: ``{"params": ..., "test_subgroup": ..., "val_subgroup": ...}``.
