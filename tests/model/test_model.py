@@ -33,7 +33,7 @@ def trained(pbmc):
 
 
 def test_train_records_history_and_learns(trained):
-    model, ref, query = trained
+    model, _, query = trained
     assert model.is_trained_
     hist = model.history_
     assert {"train_loss", "validation_loss", "accuracy_validation"} <= set(hist)
@@ -89,7 +89,7 @@ def test_save_load_round_trip(trained, tmp_path):
 
 
 def test_load_rejects_missing_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="GenoHoptionModel.save"):
+    with pytest.raises(FileNotFoundError, match=r"GenoHoptionModel\.save"):
         gh.GenoHoptionModel.load(tmp_path)
 
 

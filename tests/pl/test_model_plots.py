@@ -26,7 +26,7 @@ def test_confusion_matrix_rows_normalised():
 
 def test_training_history_draws_each_key():
     class Fake:
-        history_ = {
+        history_ = {  # noqa: RUF012
             "train_loss": pd.DataFrame({"train_loss": [3.0, 2.0, 1.0]}),
             "validation_loss": pd.DataFrame({"validation_loss": [3.5, 2.5, 2.0]}),
         }
