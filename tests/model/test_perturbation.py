@@ -166,3 +166,11 @@ def test_norman_subset_unmeasured_genes_raise(shared_data):
     with pytest.raises(KeyError, match="drop_unmeasured"):
         gh.GenoHoptionModel.setup_anndata(adata, perturbation_key="condition", gene_symbols="gene_name")
     _same(adata, before)
+
+
+def test_annotation_methods_refused_on_perturbation_model(trained):
+    model, adata = trained
+    with pytest.raises(TypeError, match="predict_perturbation"):
+        model.predict(adata)
+    with pytest.raises(TypeError, match="predict_perturbation"):
+        model.get_latent_representation(adata)

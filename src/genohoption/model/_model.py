@@ -418,6 +418,11 @@ class GenoHoptionModel(PerturbationMixin, UnsupervisedTrainingMixin, BaseModelCl
 
     @torch.inference_mode()
     def _forward(self, adata: AnnData | None, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.is_perturbation_model:
+            raise TypeError(
+                "This is a perturbation model (set up with perturbation_key=): use "
+                "model.predict_perturbation(ctrl_adata, 'A+B') instead of predict / get_latent_representation."
+            )
         self.module.eval()
         latents, probs = [], []
         for x in self._batches(adata, batch_size):
