@@ -12,6 +12,7 @@ from matplotlib.lines import Line2D
 from scipy import sparse
 
 from .._constants import GRAPH_KEY
+from ._utils import _finish
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -40,13 +41,6 @@ def _graph_and_source(adata: AnnData, key: str) -> tuple[sparse.csr_matrix, spar
         source.data[:] = 0
         source = source.tocsr()
     return graph, source
-
-
-def _finish(axes, show: bool | None):
-    if show:
-        plt.show()
-        return None
-    return axes
 
 
 def gene_graph(

@@ -9,19 +9,13 @@ import numpy as np
 from sklearn.metrics import confusion_matrix as _confusion
 
 from .._constants import PREDICTION_KEY
+from ._utils import _finish
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from matplotlib.axes import Axes
 
     from ..model import GenoHoptionModel
-
-
-def _finish(ax: Axes, show: bool | None) -> Axes | None:
-    if show:
-        plt.show()
-        return None
-    return ax
 
 
 def training_history(
