@@ -50,18 +50,11 @@ def _load_nn():
     return import_module("_ghnn._graph"), import_module("_ghnn._diffusion")
 
 
-def _rss() -> int:
+def _status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (``VmRSS``, ``VmHWM``) in bytes."""
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _hwm() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     return 0
 
@@ -189,12 +182,12 @@ def worker(impl: str, n: int, b: int) -> dict:
         fwd_bwd()
     for name, f in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
         q.grad = k.grad = v.grad = None
-        base = _rss()
+        base = _status_bytes("VmRSS")
         _reset_hwm()
         t0 = time.perf_counter()
         f()
         res[f"{name}_s"] = time.perf_counter() - t0
-        res[f"{name}_mem"] = max(_hwm() - base, 0)
+        res[f"{name}_mem"] = max(_status_bytes("VmHWM") - base, 0)
     return res
 
 

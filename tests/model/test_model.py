@@ -116,7 +116,10 @@ def test_other_attentions_train(pbmc, attention):
     gh.GenoHoptionModel.setup_anndata(ref, labels_key="bulk_labels")
     model = gh.GenoHoptionModel(ref, attention=attention, n_hops=2, **SMALL)
     model.train(max_epochs=1, batch_size=32, enable_progress_bar=False)
-    assert model.predict(ref).shape == (ref.n_obs,)
+    pred = model.predict(ref)
+    assert pred.shape == (ref.n_obs,) and set(pred.astype(str)) <= set(model.labels)
+    assert model.module.backbone.transformer_encoder.layers[0].self_attn.attention == attention
+    assert np.isfinite(model.history_["train_loss"].iloc[:, 0].astype(float)).all()
 
 
 def test_dense_attention_without_graph(pbmc):
@@ -124,7 +127,10 @@ def test_dense_attention_without_graph(pbmc):
     del ref.varp["gene_graph"]
     gh.GenoHoptionModel.setup_anndata(ref, labels_key="bulk_labels", graph_key=None)
     model = gh.GenoHoptionModel(ref, attention="dense", **SMALL)
+    assert model.module.graph_indices.numel() == 0  # no graph registered, none needed
     model.train(max_epochs=1, enable_progress_bar=False)
+    z = model.get_latent_representation(ref)
+    assert z.shape == (ref.n_obs, SMALL["d_model"]) and np.isfinite(z).all()
 
 
 # ------------------------------------------------------------------ bad input
