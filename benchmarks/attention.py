@@ -15,7 +15,8 @@ gradient). Implementations:
 a  dense F.scaled_dot_product_attention, no mask
 b  F.scaled_dot_product_attention with the graph as a (B, 1, L, L) boolean mask
 c  dense_diffusion_reference (PPR, K hops, explicit L x L matrices), only where it fits
-d  graph_diffusion_attention, method "ppr" and "heat" (K hops)
+d  graph_diffusion_attention, method "ppr" and "heat" (K hops), default backend (numba kernels on CPU);
+   "d-ppr-torch" / "d-heat-torch" run the same engine on torch.sparse (MKL) kernels
 
 Synthetic graphs: power-law out-degree (mean ~23) and power-law popularity of targets over n genes, plus
 self-loops and the CLS token (mean degree ~25); every cell holds all n genes in random order.
@@ -153,7 +154,7 @@ def worker(impl: str, n: int, b: int) -> dict:
     if impl in ("b", "c"):
         mask = graph.to_dense_mask()
     del graph._cache[("heads", HEADS)]
-    if impl not in ("d-ppr", "d-heat"):
+    if not impl.startswith("d-"):
         graph = None
 
     if impl == "a":
@@ -165,8 +166,11 @@ def worker(impl: str, n: int, b: int) -> dict:
         fn = lambda: d_mod.dense_diffusion_reference(q, k, v, mask, method="ppr", n_hops=HOPS)  # noqa: E731
     else:
         method = impl.split("-")[1]
+        backend = "torch" if impl.endswith("-torch") else "auto"
         graph.head_layout(HEADS)  # steady state: one layout per batch, shared by all layers
-        fn = lambda: d_mod.graph_diffusion_attention(q, k, v, graph, method=method, n_hops=HOPS)  # noqa: E731
+        fn = lambda: d_mod.graph_diffusion_attention(  # noqa: E731
+            q, k, v, graph, method=method, n_hops=HOPS, backend=backend
+        )
 
     def fwd():
         with torch.no_grad():
@@ -191,22 +195,31 @@ def worker(impl: str, n: int, b: int) -> dict:
     return res
 
 
-def hop_bandwidth(n: int, b: int) -> dict:
-    """Time one CSR @ dense hop on the (B*H*L)^2 block-diagonal matrix vs a stream copy."""
+def hop_bandwidth(n: int, b: int) -> list[dict]:
+    """Time one hop on the (B*H*L)^2 block-diagonal attention matrix vs a stream copy.
+
+    Variants: the bare product ``A @ X`` with torch.sparse (MKL) and with the numba kernel, and the hops the
+    engine runs (numba): PPR ``(1 - alpha) A X + alpha V`` and heat ``(t / k) A X`` with ``S += X_k`` fused.
+    Compulsory bytes: CSR values and indices, row pointers, every dense operand read once, outputs written.
+    """
     import torch
 
     torch.set_num_threads(2)
     g_mod, d_mod = _load_nn()
+    k_mod = import_module("_ghnn._kernels")
     indptr, indices = synthetic_graph(n)
     graph = g_mod.induced_batch_graph(
         torch.as_tensor(make_tokens(n, b)), torch.as_tensor(indptr), torch.as_tensor(indices)
     )
     lay = graph.head_layout(HEADS)
-    a = d_mod._csr(lay.crow, lay.col, torch.rand(lay.nnz), lay.n_rows)
+    vals = torch.rand(lay.nnz)
+    a = d_mod._csr(lay.crow, lay.col, vals, lay.n_rows)
     x = torch.randn(lay.n_rows, HEAD_DIM)
+    v = torch.randn_like(x)
+    total = torch.zeros_like(x)
     out = torch.zeros_like(x)
 
-    def best(f, reps=5):
+    def best(f, reps=7):
         f()
         times = []
         for _ in range(reps):
@@ -215,21 +228,37 @@ def hop_bandwidth(n: int, b: int) -> dict:
             times.append(time.perf_counter() - t0)
         return min(times)
 
-    t_hop = best(lambda: torch.addmm(out, a, x, beta=0.0, out=out))
-    idx_bytes = lay.col.element_size()
-    hop_bytes = lay.nnz * (4 + idx_bytes) + (lay.n_rows + 1) * idx_bytes + 2 * x.numel() * 4
     big = torch.randn(64 * 2**20)  # 256 MiB
     dst = torch.empty_like(big)
     t_copy = best(lambda: dst.copy_(big))
-    return {
-        "n": n,
-        "B": b,
-        "nnz": lay.nnz,
-        "hop_s": t_hop,
-        "hop_GBps": hop_bytes / t_hop / 1e9,
-        "stream_copy_GBps": 2 * big.numel() * 4 / t_copy / 1e9,
-        "hop_gather_GBps": (lay.nnz * HEAD_DIM * 4 + hop_bytes) / t_hop / 1e9,
-    }
+    stream = 2 * big.numel() * 4 / t_copy / 1e9
+    idx_bytes = lay.col.element_size()
+    node = x.numel() * 4
+    csr_bytes = lay.nnz * (4 + idx_bytes) + (lay.n_rows + 1) * idx_bytes
+    spmm = k_mod.spmm
+    variants = [
+        ("A@X torch.sparse (MKL)", lambda: torch.addmm(out, a, x, beta=0.0, out=out), 2 * node),
+        ("A@X numba", lambda: spmm(lay.crow, lay.col, vals, x, out), 2 * node),
+        ("PPR hop numba", lambda: spmm(lay.crow, lay.col, vals, x, out, alpha=0.75, v=v, beta=0.25), 3 * node),
+        ("heat hop numba", lambda: spmm(lay.crow, lay.col, vals, x, out, alpha=1.25, total=total), 4 * node),
+    ]
+    res = []
+    for name, fn, dense_bytes in variants:
+        t_hop = best(fn)
+        hop_bytes = csr_bytes + dense_bytes
+        res.append(
+            {
+                "n": n,
+                "B": b,
+                "kernel": name,
+                "nnz": lay.nnz,
+                "hop_s": t_hop,
+                "hop_GBps": hop_bytes / t_hop / 1e9,
+                "stream_copy_GBps": stream,
+                "hop_gather_GBps": (lay.nnz * HEAD_DIM * 4 + hop_bytes) / t_hop / 1e9,
+            }
+        )
+    return res
 
 
 def builder_bench(n: int, b: int) -> dict:
@@ -268,7 +297,7 @@ def _estimates(impl: str, n: int, b: int) -> tuple[float, float]:
     return sec, mem
 
 
-def _run_worker(args: list[str]) -> dict:
+def _run_worker(args: list[str]) -> dict | list:
     cmd = [sys.executable, __file__, "--worker", *args]
     proc = subprocess.run(
         cmd,
@@ -288,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="small sizes only")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--grid", default=None, help="comma list of n:B, e.g. 3000:8,6000:8")
-    p.add_argument("--impls", default="a,b,c,d-ppr,d-heat")
+    p.add_argument("--impls", default="a,b,c,d-ppr,d-heat,d-ppr-torch,d-heat-torch")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
@@ -318,21 +347,24 @@ def main(argv: list[str] | None = None) -> None:
             if not a.json:
                 print(_fmt_row(rows[-1], rows), flush=True)
     hop_grid = [(1200, 8)] if a.quick else [(3000, 8), (6000, 8)]
-    hops = [_run_worker(["hop", str(n), str(b)]) for n, b in hop_grid]
+    hops = []
+    for n, b in hop_grid:
+        r = _run_worker(["hop", str(n), str(b)])
+        hops += r if isinstance(r, list) else [r]
     build_grid = [(1200, 8)] if a.quick else [(1200, 32), (3000, 8), (6000, 8)]
     builds = [_run_worker(["build", str(n), str(b)]) for n, b in build_grid]
     if a.json:
         print(json.dumps({"attention": rows, "hop": hops, "builder": builds}, indent=1))
         return
     print()
-    print("| n | B | nnz | hop s | hop GB/s | stream copy GB/s | ratio | incl. gathered rows GB/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| n | B | kernel | nnz | hop s | hop GB/s | stream copy GB/s | ratio | incl. gathered rows GB/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for h in hops:
         if "error" in h:
             print(f"| error: {h['error']} |")
             continue
         print(
-            f"| {h['n']} | {h['B']} | {h['nnz']:,} | {h['hop_s']:.4f} | {h['hop_GBps']:.1f} | "
+            f"| {h['n']} | {h['B']} | {h['kernel']} | {h['nnz']:,} | {h['hop_s']:.4f} | {h['hop_GBps']:.1f} | "
             f"{h['stream_copy_GBps']:.1f} | {h['hop_GBps'] / h['stream_copy_GBps']:.0%} | {h['hop_gather_GBps']:.1f} |"
         )
     print()

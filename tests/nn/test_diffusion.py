@@ -67,12 +67,16 @@ def _rel(a, b):
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
+BACKENDS = ["numba", "torch"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(map(str, c.values())))
 @pytest.mark.parametrize("make_graph", [_graph, _graph_no_cls_with_empty])
-def test_matches_dense_reference(cfg, make_graph):
+def test_matches_dense_reference(cfg, make_graph, backend):
     graph = make_graph()
     q, k, v = _qkv(graph)
-    out = graph_diffusion_attention(q, k, v, graph, **cfg)
+    out = graph_diffusion_attention(q, k, v, graph, backend=backend, **cfg)
     ref_cfg = {"n_hops": 1, **cfg}
     ref = dense_diffusion_reference(q, k, v, graph.to_dense_mask(), **ref_cfg)
     assert out.shape == q.shape and out.dtype == torch.float64
@@ -87,13 +91,30 @@ def test_matches_dense_reference(cfg, make_graph):
     assert torch.all(out.detach().masked_select(empty[..., None]) == 0)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(map(str, c.values())))
-def test_gradcheck(cfg):
+def test_gradcheck(cfg, backend):
     graph = _graph(seed=2)
     q, k, v = _qkv(graph, h=2, d=3, seed=1)
     assert torch.autograd.gradcheck(
-        lambda q, k, v: graph_diffusion_attention(q, k, v, graph, **cfg), (q, k, v), eps=1e-6, atol=1e-7
+        lambda q, k, v: graph_diffusion_attention(q, k, v, graph, backend=backend, **cfg),
+        (q, k, v),
+        eps=1e-6,
+        atol=1e-7,
     )
+
+
+def test_backends_agree_at_head_dim_64():
+    """The register-blocked d = 64 kernels (the production head size) against torch.sparse, fwd and bwd."""
+    graph = _graph(seed=4, n_genes=60)
+    q, k, v = _qkv(graph, h=4, d=64, dtype=torch.float32, seed=3)
+    gout = torch.randn(q.shape, generator=torch.Generator().manual_seed(5))
+    res = {}
+    for backend in BACKENDS:
+        out = graph_diffusion_attention(q, k, v, graph, method="heat", backend=backend)
+        res[backend] = (out, *torch.autograd.grad(out, (q, k, v), gout))
+    for a, b in zip(res["numba"], res["torch"], strict=True):
+        assert _rel(a, b) <= 1e-5
 
 
 def test_only_v_requires_grad():
@@ -158,8 +179,9 @@ def test_adaptive_hops():
     assert stats.n_hops < 30 and _rel(out, ref) <= 1e-6
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", ["ppr", "heat", "mask"])
-def test_bfloat16_and_float32(method):
+def test_bfloat16_and_float32(method, backend):
     graph = _graph()
     q, k, v = _qkv(graph, h=2, d=8)
     ref = dense_diffusion_reference(q, k, v, graph.to_dense_mask(), method=method)
@@ -167,7 +189,7 @@ def test_bfloat16_and_float32(method):
     # float32: 1e-5; bfloat16 inputs (8-bit mantissa, computed in float32): 3e-2
     for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
         qs, ks, vs = (x.detach().to(dtype).requires_grad_() for x in (q, k, v))
-        out = graph_diffusion_attention(qs, ks, vs, graph, method=method)
+        out = graph_diffusion_attention(qs, ks, vs, graph, method=method, backend=backend)
         assert out.dtype == dtype
         assert _rel(out.double(), ref) <= tol
         grads = torch.autograd.grad(out.float().sum(), (qs, ks, vs))
@@ -176,12 +198,13 @@ def test_bfloat16_and_float32(method):
             assert _rel(g.double(), gr) <= 3 * tol
 
 
-def test_deterministic():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_deterministic(backend):
     graph = _graph()
     results = []
     for _ in range(2):
         q, k, v = _qkv(graph, dtype=torch.float32, seed=7)
-        out = graph_diffusion_attention(q, k, v, graph, method="heat")
+        out = graph_diffusion_attention(q, k, v, graph, method="heat", backend=backend)
         grads = torch.autograd.grad(out.square().sum(), (q, k, v))
         results.append((out, *grads))
     for a, b in zip(*results, strict=True):
@@ -262,3 +285,21 @@ def test_errors():
         attn(torch.randn(1, 3, 8))
     with pytest.raises(ValueError, match="x must have shape"):
         attn(torch.randn(1, 3, 7), graph)
+
+
+def test_backend_choice(monkeypatch):
+    from genohoption.nn import _diffusion, _kernels
+
+    graph = _graph()
+    q, k, v = _qkv(graph)
+    with pytest.raises(ValueError, match="choose one of 'auto', 'numba', 'torch'"):
+        graph_diffusion_attention(q, k, v, graph, backend="mkl")
+    assert _diffusion._resolve_backend("auto", torch.device("cpu"), torch.float32) == "numba"
+    assert _diffusion._resolve_backend("auto", torch.device("cuda"), torch.float32) == "torch"
+    with pytest.raises(ValueError, match="backend='numba' runs on CPU"):
+        _diffusion._resolve_backend("numba", torch.device("cuda"), torch.float32)
+    # without numba, "auto" falls back to torch.sparse and gives the same values
+    expected = graph_diffusion_attention(q, k, v, graph, backend="numba")
+    monkeypatch.setattr(_kernels, "numba", None)
+    assert _diffusion._resolve_backend("auto", torch.device("cpu"), torch.float64) == "torch"
+    assert _rel(graph_diffusion_attention(q, k, v, graph), expected) <= 1e-12

@@ -1,0 +1,251 @@
+"""CPU kernels of the diffusion engine, compiled with numba.
+
+Two row-parallel kernels over a CSR matrix ``A`` (``crow``, ``col``, ``val``; int32 or int64 indices):
+
+- :func:`spmm` ``out = alpha * A @ x + beta * v`` (and optionally ``total += out``), one hop of the power
+  iteration with its axpby fused;
+- :func:`sddmm` ``out[e] = alpha * <a[i], b[j]> + beta * out[e]`` for every edge ``e = (i, j)``, the sampled
+  dense-dense product that gives attention scores and the gradient of ``A``.
+
+Why not ``torch.sparse`` (MKL) on CPU: with ``d = 64`` a hop is bound by the latency of the gathered rows
+``x[col[e]]`` (each a 256-byte random read from L2/L3), not by arithmetic. MKL's CSR product issues the
+gathers without look-ahead and reached 15-23 % of stream bandwidth on the benchmark machine. Here every
+thread keeps the ``d`` accumulators of its row in registers (a stack array of compile-time length, one
+kernel per ``d``) and prefetches the row needed ``PREFETCH_DISTANCE`` edges ahead, which halves the time
+of a hop (see ``benchmarks/README.md``). CUDA keeps using ``torch.sparse`` (cuSPARSE).
+
+Kernels are compiled on first use for each head dimension ``d`` and dtype (about 1-2 s each) and cached
+on disk by numba (``NUMBA_CACHE_DIR``), so later processes load them in well under a second.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+
+try:  # numba is a dependency (also scanpy's); the engine falls back to torch.sparse without it
+    import numba
+    from llvmlite import ir
+    from numba import carray
+    from numba.core import cgutils, types
+    from numba.extending import intrinsic
+except ImportError:  # pragma: no cover - exercised only in broken environments
+    numba = None
+
+__all__ = ["PREFETCH_DISTANCE", "available", "sddmm", "spmm"]
+
+PREFETCH_DISTANCE = 16
+"""Edges ahead whose gathered row is prefetched (measured flat between 8 and 24 on the benchmark machine)."""
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+def available(dtype: torch.dtype | None = None) -> bool:
+    """Whether the numba kernels can run (numba importable and, if given, ``dtype`` float32 or float64)."""
+    return numba is not None and (dtype is None or dtype in _DTYPES)
+
+
+if numba is not None:
+
+    @intrinsic
+    def _stack_empty(typingctx, n, like):
+        """Uninitialised stack array of ``n`` (a compile-time constant) elements of ``like.dtype``."""
+        if not isinstance(n, types.IntegerLiteral):
+            return None
+        size = n.literal_value
+
+        def codegen(context, builder, sig, args):
+            elem = context.get_value_type(like.dtype)
+            return cgutils.alloca_once(builder, elem, size=context.get_constant(types.intp, size))
+
+        return types.CPointer(like.dtype)(n, like), codegen
+
+    @intrinsic
+    def _prefetch_row(typingctx, arr, row, n):
+        """Prefetch (read, keep in all cache levels) the first ``n`` elements of row ``row`` of a 2-D C array."""
+        if not isinstance(n, types.IntegerLiteral):
+            return None
+        nbytes = n.literal_value * (arr.dtype.bitwidth // 8)
+
+        def codegen(context, builder, sig, args):
+            aty = sig.args[0]
+            a = context.make_array(aty)(context, builder, args[0])
+            r = context.cast(builder, args[1], sig.args[1], types.intp)
+            zero = context.get_constant(types.intp, 0)
+            ptr = cgutils.get_item_pointer2(
+                context,
+                builder,
+                a.data,
+                cgutils.unpack_tuple(builder, a.shape),
+                cgutils.unpack_tuple(builder, a.strides),
+                aty.layout,
+                [r, zero],
+            )
+            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0"
+            )
+            base = builder.bitcast(ptr, i8p)
+            for off in range(0, nbytes, 64):  # one prefetch per cache line
+                builder.call(fn, [builder.gep(base, [ir.Constant(ir.IntType(64), off)]), i32(0), i32(3), i32(1)])
+            return context.get_dummy_value()
+
+        return types.void(arr, row, n), codegen
+
+
+@functools.cache
+def _spmm_kernel(d: int):
+    dist = PREFETCH_DISTANCE
+
+    @numba.njit(parallel=True, fastmath=True, boundscheck=False, nogil=True, cache=True)
+    def kernel(crow, col, val, x, out, alpha, v, beta, total, accumulate):  # pragma: no cover - compiled
+        n = out.shape[0]
+        nnz = crow[n]
+        for r in numba.prange(n):
+            acc = carray(_stack_empty(d, x), (d,))
+            for c in range(d):
+                acc[c] = 0.0
+            stop = crow[r + 1]
+            for e in range(crow[r], stop):
+                if e + dist < nnz:
+                    _prefetch_row(x, col[e + dist], d)
+                w = val[e]
+                xj = x[col[e]]
+                for c in range(d):
+                    acc[c] += w * xj[c]
+            if beta != 0.0:
+                for c in range(d):
+                    out[r, c] = alpha * acc[c] + beta * v[r, c]
+            else:
+                for c in range(d):
+                    out[r, c] = alpha * acc[c]
+            if accumulate:
+                for c in range(d):
+                    total[r, c] += out[r, c]
+
+    return kernel
+
+
+@functools.cache
+def _sddmm_kernel(d: int):
+    dist = PREFETCH_DISTANCE
+
+    @numba.njit(parallel=True, fastmath=True, boundscheck=False, nogil=True, cache=True)
+    def kernel(crow, col, a, b, out, alpha, beta, zero):  # pragma: no cover - compiled
+        n = a.shape[0]
+        nnz = crow[n]
+        for r in numba.prange(n):
+            ar = carray(_stack_empty(d, a), (d,))
+            for c in range(d):
+                ar[c] = a[r, c]
+            e = crow[r]
+            stop = crow[r + 1]
+            while e + 2 <= stop:  # two edges at a time: two independent reductions in flight
+                if e + dist + 1 < nnz:
+                    _prefetch_row(b, col[e + dist], d)
+                    _prefetch_row(b, col[e + dist + 1], d)
+                b0 = b[col[e]]
+                b1 = b[col[e + 1]]
+                s0 = zero
+                s1 = zero
+                for c in range(d):
+                    s0 += ar[c] * b0[c]
+                    s1 += ar[c] * b1[c]
+                if beta != 0.0:
+                    out[e] = alpha * s0 + beta * out[e]
+                    out[e + 1] = alpha * s1 + beta * out[e + 1]
+                else:
+                    out[e] = alpha * s0
+                    out[e + 1] = alpha * s1
+                e += 2
+            if e < stop:
+                b0 = b[col[e]]
+                s0 = zero
+                for c in range(d):
+                    s0 += ar[c] * b0[c]
+                if beta != 0.0:
+                    out[e] = alpha * s0 + beta * out[e]
+                else:
+                    out[e] = alpha * s0
+
+    return kernel
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    if t.device.type != "cpu" or not t.is_contiguous():
+        raise ValueError("numba kernels need contiguous CPU tensors.")
+    return t.detach().numpy()
+
+
+def _set_threads() -> None:
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+def spmm(
+    crow: torch.Tensor,
+    col: torch.Tensor,
+    val: torch.Tensor,
+    x: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    alpha: float = 1.0,
+    v: torch.Tensor | None = None,
+    beta: float = 0.0,
+    total: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``out = alpha * A @ x + beta * v`` for CSR ``A = (crow, col, val)``; then ``total += out`` if given.
+
+    ``x``, ``out``, ``v``, ``total`` are contiguous ``(n, d)`` CPU tensors of one dtype (float32 or float64);
+    ``out`` must not alias ``x``. Rows without edges get ``beta * v``. Returns ``out``.
+    """
+    n, d = out.shape
+    if x.dim() != 2 or x.shape[1] != d or val.dtype != x.dtype or out.dtype != x.dtype:
+        raise ValueError("spmm: x and out must be (n, d) with the dtype of val.")
+    if beta != 0.0 and (v is None or v.shape != out.shape):
+        raise ValueError("spmm: beta != 0 needs v with the shape of out.")
+    if n == 0 or d == 0:
+        return out
+    _set_threads()
+    cast = np.dtype(str(x.dtype).removeprefix("torch.")).type
+    xs = _np(x)
+    _spmm_kernel(d)(
+        _np(crow),
+        _np(col),
+        _np(val),
+        xs,
+        _np(out),
+        cast(alpha),
+        xs if v is None else _np(v),
+        cast(beta),
+        xs if total is None else _np(total),
+        total is not None,
+    )
+    return out
+
+
+def sddmm(
+    crow: torch.Tensor,
+    col: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    alpha: float = 1.0,
+    beta: float = 0.0,
+) -> torch.Tensor:
+    """``out[e] = alpha * <a[i], b[j]> + beta * out[e]`` for every edge ``e = (i, j)`` of ``(crow, col)``.
+
+    ``a``, ``b`` are contiguous ``(n, d)`` CPU tensors; ``out`` is ``(nnz,)`` of the same dtype (only read
+    when ``beta != 0``). Returns ``out``.
+    """
+    d = a.shape[1]
+    if out.numel() == 0:
+        return out
+    if d == 0:
+        return out.mul_(beta)
+    _set_threads()
+    cast = np.dtype(str(a.dtype).removeprefix("torch.")).type
+    _sddmm_kernel(d)(_np(crow), _np(col), _np(a), _np(b), _np(out), cast(alpha), cast(beta), cast(0.0))
+    return out

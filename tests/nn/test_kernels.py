@@ -1,0 +1,81 @@
+"""The numba CPU kernels against scipy / dense products (exact to rounding)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from genohoption.nn import _kernels
+
+torch.set_num_threads(1)
+
+
+def _csr(n, density, seed, empty_rows=(0, 5)):
+    m = sp.random(n, n, density=density, random_state=seed, format="lil")
+    for r in empty_rows:
+        m[r, :] = 0
+    m[7, :] = 1.0  # a dense row: longer than the prefetch distance, prefetches cross rows
+    return m.tocsr()
+
+
+@pytest.mark.parametrize("idx_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("d", [1, 3, 64, 130])
+def test_spmm_matches_scipy(d, dtype, idx_dtype):
+    n = 70
+    m = _csr(n, 0.2, seed=d)
+    rng = np.random.default_rng(d)
+    x = rng.standard_normal((n, d))
+    v = rng.standard_normal((n, d))
+    total0 = rng.standard_normal((n, d))
+    t = lambda a: torch.as_tensor(a, dtype=dtype)  # noqa: E731
+    crow, col = torch.as_tensor(m.indptr, dtype=idx_dtype), torch.as_tensor(m.indices, dtype=idx_dtype)
+    val = t(m.data)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    ax = m @ x
+
+    out = torch.full((n, d), float("nan"), dtype=dtype)  # garbage in out must not leak through
+    _kernels.spmm(crow, col, val, t(x), out)
+    np.testing.assert_allclose(out.numpy(), ax, rtol=tol, atol=tol)
+    assert torch.all(out[0] == 0) and torch.all(out[5] == 0)  # empty rows
+
+    total = torch.tensor(total0, dtype=dtype)  # a copy: the kernel adds in place
+    _kernels.spmm(crow, col, val, t(x), out, alpha=0.75, v=t(v), beta=0.25, total=total)
+    np.testing.assert_allclose(out.numpy(), 0.75 * ax + 0.25 * v, rtol=tol, atol=tol)
+    np.testing.assert_allclose(total.numpy(), total0 + 0.75 * ax + 0.25 * v, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("d", [1, 5, 64])
+def test_sddmm_matches_dense(d, dtype):
+    n = 50
+    m = _csr(n, 0.25, seed=10 + d)
+    rng = np.random.default_rng(d)
+    a, b = rng.standard_normal((n, d)), rng.standard_normal((n, d))
+    dense = a @ b.T
+    rows = np.repeat(np.arange(n), np.diff(m.indptr))
+    expected = dense[rows, m.indices]
+    crow, col = torch.as_tensor(m.indptr, dtype=torch.int32), torch.as_tensor(m.indices, dtype=torch.int32)
+    t = lambda z: torch.as_tensor(z, dtype=dtype)  # noqa: E731
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    out = torch.full((m.nnz,), float("nan"), dtype=dtype)
+    _kernels.sddmm(crow, col, t(a), t(b), out, alpha=0.5)
+    np.testing.assert_allclose(out.numpy(), 0.5 * expected, rtol=tol, atol=tol)
+    prev = rng.standard_normal(m.nnz)
+    out = torch.tensor(prev, dtype=dtype)
+    _kernels.sddmm(crow, col, t(a), t(b), out, alpha=2.0, beta=1.0)
+    np.testing.assert_allclose(out.numpy(), prev + 2.0 * expected, rtol=tol, atol=tol)
+
+
+def test_kernel_input_errors():
+    crow, col = torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0], dtype=torch.int32)
+    val = torch.ones(1)
+    with pytest.raises(ValueError, match="beta != 0 needs v"):
+        _kernels.spmm(crow, col, val, torch.ones(1, 4), torch.empty(1, 4), beta=0.5)
+    with pytest.raises(ValueError, match="dtype of val"):
+        _kernels.spmm(crow, col, val, torch.ones(1, 4, dtype=torch.float64), torch.empty(1, 4))
+    with pytest.raises(ValueError, match="contiguous CPU"):
+        _kernels.spmm(crow, col, val, torch.ones(4, 2).t()[:1], torch.empty(1, 4))
+    assert _kernels.available(torch.float32) and not _kernels.available(torch.float16)
