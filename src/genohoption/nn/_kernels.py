@@ -89,7 +89,9 @@ if numba is not None:
             )
             base = builder.bitcast(ptr, i8p)
             for off in range(0, nbytes, 64):  # one prefetch per cache line
-                builder.call(fn, [builder.gep(base, [ir.Constant(ir.IntType(64), off)]), i32(0), i32(3), i32(1)])
+                builder.call(
+                    fn, [builder.gep(base, [ir.Constant(ir.IntType(64), off)]), i32(0), i32(3), i32(1)]
+                )
             return context.get_dummy_value()
 
         return types.void(arr, row, n), codegen
