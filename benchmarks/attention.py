@@ -15,8 +15,8 @@ gradient). Implementations:
 a  dense F.scaled_dot_product_attention, no mask
 b  F.scaled_dot_product_attention with the graph as a (B, 1, L, L) boolean mask
 c  dense_diffusion_reference (PPR, K hops, explicit L x L matrices), only where it fits
-d  graph_diffusion_attention, method "ppr" and "heat" (K hops), default backend (numba kernels on CPU);
-   "d-ppr-torch" / "d-heat-torch" run the same engine on torch.sparse (MKL) kernels
+d  graph_diffusion_attention, method "ppr" and "heat" (K hops), backend="numba" (CPU kernels);
+   "d-ppr-torch" / "d-heat-torch" run the same engine on torch.sparse (MKL), the default backend
 
 Synthetic graphs: power-law out-degree (mean ~23) and power-law popularity of targets over n genes, plus
 self-loops and the CLS token (mean degree ~25); every cell holds all n genes in random order.
@@ -44,11 +44,16 @@ MAX_MEM_BYTES = 14 * 2**30
 
 
 def _load_nn():
-    """Import genohoption.nn's engine without the heavy package __init__ (scvi, anndata)."""
-    pkg = types.ModuleType("_ghnn")
-    pkg.__path__ = [str(ROOT / "src" / "genohoption" / "nn")]
-    sys.modules["_ghnn"] = pkg
-    return import_module("_ghnn._graph"), import_module("_ghnn._diffusion")
+    """Import genohoption.nn without the heavy package __init__ (scvi, anndata).
+
+    The modules keep their real names (``genohoption.nn._kernels``...), so numba's on-disk kernel cache is
+    shared with normal imports of the package.
+    """
+    if "genohoption" not in sys.modules:
+        pkg = types.ModuleType("genohoption")
+        pkg.__path__ = [str(ROOT / "src" / "genohoption")]
+        sys.modules["genohoption"] = pkg
+    return import_module("genohoption.nn._graph"), import_module("genohoption.nn._diffusion")
 
 
 def _status_bytes(field: str) -> int:
@@ -166,7 +171,7 @@ def worker(impl: str, n: int, b: int) -> dict:
         fn = lambda: d_mod.dense_diffusion_reference(q, k, v, mask, method="ppr", n_hops=HOPS)  # noqa: E731
     else:
         method = impl.split("-")[1]
-        backend = "torch" if impl.endswith("-torch") else "auto"
+        backend = "torch" if impl.endswith("-torch") else "numba"
         graph.head_layout(HEADS)  # steady state: one layout per batch, shared by all layers
         fn = lambda: d_mod.graph_diffusion_attention(  # noqa: E731
             q, k, v, graph, method=method, n_hops=HOPS, backend=backend
@@ -206,7 +211,7 @@ def hop_bandwidth(n: int, b: int) -> list[dict]:
 
     torch.set_num_threads(2)
     g_mod, d_mod = _load_nn()
-    k_mod = import_module("_ghnn._kernels")
+    k_mod = import_module("genohoption.nn._kernels")
     indptr, indices = synthetic_graph(n)
     graph = g_mod.induced_batch_graph(
         torch.as_tensor(make_tokens(n, b)), torch.as_tensor(indptr), torch.as_tensor(indices)
