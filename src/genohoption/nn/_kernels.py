@@ -181,6 +181,11 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
+def _scalar(t: torch.Tensor):
+    """Return the numpy scalar type of ``t``'s dtype (scalars passed to a kernel must not promote float32 math to float64)."""
+    return np.dtype(str(t.dtype).removeprefix("torch.")).type
+
+
 def _set_threads() -> None:
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
@@ -210,7 +215,7 @@ def spmm(
     if n == 0 or d == 0:
         return out
     _set_threads()
-    cast = np.dtype(str(x.dtype).removeprefix("torch.")).type
+    cast = _scalar(x)
     xs = _np(x)
     _spmm_kernel(d)(
         _np(crow),
@@ -248,6 +253,6 @@ def sddmm(
     if d == 0:
         return out.mul_(beta)
     _set_threads()
-    cast = np.dtype(str(a.dtype).removeprefix("torch.")).type
+    cast = _scalar(a)
     _sddmm_kernel(d)(_np(crow), _np(col), _np(a), _np(b), _np(out), cast(alpha), cast(beta), cast(0.0))
     return out
