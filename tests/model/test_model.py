@@ -44,7 +44,11 @@ def test_train_records_history_and_learns(trained):
     model.predict(query)
     acc = gh.tl.annotation_metrics(query, "bulk_labels")["accuracy"]
     chance = query.obs["bulk_labels"].value_counts(normalize=True).max()
-    assert acc > chance + 0.1, (acc, chance)
+    # measured over 10 seeds (either kernel backend): 0.71-0.81 on this split, chance 0.36; before the
+    # BatchNorm statistics were re-estimated (PreciseBatchNorm) the same runs gave 0.18-0.71
+    assert acc > max(chance + 0.2, 0.6), (acc, chance)
+    norm = model.module.cls_decoder.input_norm
+    assert int(norm.num_batches_tracked) <= 32 and norm.momentum == 0.1  # re-estimated, momentum restored
 
 
 def test_predict_writes_obs_obsm_uns(trained):

@@ -1,5 +1,6 @@
 """User-facing models."""
 
+from ._callbacks import PreciseBatchNorm
 from ._model import GenoHoptionModel
 from ._pretrained import (
     CheckpointError,
@@ -15,6 +16,7 @@ __all__ = [
     "CheckpointError",
     "GeneMapping",
     "GenoHoptionModel",
+    "PreciseBatchNorm",
     "PretrainedCheckpoint",
     "PretrainedReport",
     "load_pretrained_weights",

@@ -20,6 +20,7 @@ from scvi.utils import setup_anndata_dsp
 
 from .. import _constants as K
 from ..module import AnnotationModule
+from ._callbacks import PreciseBatchNorm
 from ._io import load_model_files, save_model_files
 from ._perturbation import PerturbationMixin
 from ._pretrained import load_pretrained_weights, map_genes, read_pretrained
@@ -320,7 +321,9 @@ class GenoHoptionModel(PerturbationMixin, UnsupervisedTrainingMixin, BaseModelCl
         A random ``1 - train_size`` of the cells is held out for validation; training stops early when
         ``validation_loss`` (cross-entropy) stops improving. Losses and accuracies per epoch are in
         :attr:`history_` (``train_loss``, ``validation_loss``, ``accuracy_train``,
-        ``accuracy_validation``).
+        ``accuracy_validation``). The statistics of the classifier's input BatchNorm are re-estimated with
+        the current weights before every validation and at the end (:class:`~genohoption.model.PreciseBatchNorm`;
+        the moving averages lag a model trained from scratch and made its predictions erratic).
 
         Parameters
         ----------
@@ -345,6 +348,10 @@ class GenoHoptionModel(PerturbationMixin, UnsupervisedTrainingMixin, BaseModelCl
         plan = {"lr": lr, "weight_decay": weight_decay, "optimizer": "AdamW", **(plan_kwargs or {})}
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
+        callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
+        if not any(isinstance(c, PreciseBatchNorm) for c in callbacks):
+            callbacks.append(PreciseBatchNorm())
+        trainer_kwargs["callbacks"] = callbacks
         if train_size < 1:  # no validation loader otherwise
             trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         return super().train(

@@ -1,0 +1,76 @@
+"""Lightning callbacks used by :meth:`GenoHoptionModel.train`."""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+__all__ = ["PreciseBatchNorm"]
+
+
+def _batch_norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+class PreciseBatchNorm(Callback):
+    """Recompute BatchNorm statistics with the current weights before every validation and at the end.
+
+    BatchNorm layers keep exponential moving averages of their batch statistics during training. When the
+    features they normalise drift quickly (a model trained from scratch at a high learning rate), those
+    averages lag the weights: on the 6-epoch toy training of the test suite the stored means were 1.5-6.7
+    standard deviations off the actual ones, and query accuracy swung between 0.18 and 0.71 from seed to
+    seed. This callback resets the statistics and re-estimates them, with the model in evaluation mode
+    (no dropout, deterministic tokens) except the BatchNorm layers, from up to ``max_batches`` training
+    minibatches without gradients ("precise BN", Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021,
+    sec. 3). The random number generators are forked, so training itself is unchanged: only the
+    statistics used at inference differ.
+
+    Parameters
+    ----------
+    max_batches
+        Training minibatches averaged (default 32, i.e. ~2,000 cells at batch size 64).
+    """
+
+    def __init__(self, max_batches: int = 32):
+        if max_batches < 1:
+            raise ValueError(f"max_batches must be >= 1, got {max_batches}.")
+        self.max_batches = max_batches
+        self._updated_at: int | None = None
+
+    def on_validation_start(self, trainer, pl_module) -> None:  # noqa: D102
+        if not trainer.sanity_checking:
+            self.update(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:  # noqa: D102
+        self.update(trainer, pl_module)
+
+    def update(self, trainer, pl_module) -> None:
+        """Re-estimate the statistics of every BatchNorm in ``pl_module.module`` (no-op without one)."""
+        module = pl_module.module
+        norms = _batch_norms(module)
+        if not norms or self._updated_at == trainer.global_step:
+            return
+        loader = trainer.train_dataloader
+        if loader is None:
+            return
+        was_training = module.training
+        momenta = [bn.momentum for bn in norms]
+        module.eval()
+        for bn in norms:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average over the batches below
+            bn.train()
+        try:
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                for i, batch in enumerate(loader):
+                    if i == self.max_batches:
+                        break
+                    inputs = module._get_inference_input(batch)
+                    if next(iter(inputs.values())).shape[0] > 1:  # batch statistics need two cells
+                        module.inference(**inputs)
+        finally:
+            for bn, momentum in zip(norms, momenta, strict=True):
+                bn.momentum = momentum
+            module.train(was_training)
+        self._updated_at = trainer.global_step
