@@ -294,7 +294,8 @@ def test_backend_choice(monkeypatch):
     q, k, v = _qkv(graph)
     with pytest.raises(ValueError, match="choose one of 'auto', 'numba', 'torch'"):
         graph_diffusion_attention(q, k, v, graph, backend="mkl")
-    assert _diffusion._resolve_backend("auto", torch.device("cpu"), torch.float32) == "torch"
+    assert _diffusion._resolve_backend("auto", torch.device("cpu"), torch.float32) == "numba"
+    assert _diffusion._resolve_backend("auto", torch.device("cpu"), torch.float16) == "torch"
     assert _diffusion._resolve_backend("numba", torch.device("cpu"), torch.float32) == "numba"
     assert _diffusion._resolve_backend("auto", torch.device("cuda"), torch.float32) == "torch"
     with pytest.raises(ValueError, match="backend='numba' runs on CPU"):
@@ -304,4 +305,20 @@ def test_backend_choice(monkeypatch):
     monkeypatch.setattr(_kernels, "numba", None)
     with pytest.raises(ValueError, match="backend='numba' runs on CPU"):
         _diffusion._resolve_backend("numba", torch.device("cpu"), torch.float64)
+    assert _diffusion._resolve_backend("auto", torch.device("cpu"), torch.float64) == "torch"
     assert _rel(graph_diffusion_attention(q, k, v, graph), expected) <= 1e-12
+
+
+def test_module_backend():
+    graph = _graph()
+    torch.manual_seed(0)
+    attn = GraphDiffusionAttention(8, 2, attention="heat").double()
+    x = torch.randn(graph.batch_size, graph.seq_len, 8, dtype=torch.float64)
+    outs = {}
+    for backend in ("numba", "torch"):
+        attn.backend = backend
+        outs[backend] = attn(x, graph)
+    assert _rel(outs["numba"], outs["torch"]) <= 1e-12
+    assert "backend='torch'" in repr(attn) and GraphDiffusionAttention(8, 2).backend == "auto"
+    with pytest.raises(ValueError, match="choose one of 'auto', 'numba', 'torch'"):
+        GraphDiffusionAttention(8, 2, backend="mkl")
