@@ -38,11 +38,13 @@ class PreciseBatchNorm(Callback):
         self.max_batches = max_batches
         self._updated_at: int | None = None
 
-    def on_validation_start(self, trainer, pl_module) -> None:  # noqa: D102
+    def on_validation_start(self, trainer, pl_module) -> None:
+        """Update before each validation (not before Lightning's sanity check)."""
         if not trainer.sanity_checking:
             self.update(trainer, pl_module)
 
-    def on_train_end(self, trainer, pl_module) -> None:  # noqa: D102
+    def on_train_end(self, trainer, pl_module) -> None:
+        """Update for the final weights."""
         self.update(trainer, pl_module)
 
     def update(self, trainer, pl_module) -> None:
