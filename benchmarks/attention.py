@@ -18,8 +18,15 @@ c  dense_diffusion_reference (PPR, K hops, explicit L x L matrices), only where 
 d  graph_diffusion_attention, method "ppr" and "heat" (K hops), backend="numba" (CPU kernels);
    "d-ppr-torch" / "d-heat-torch" run the same engine on torch.sparse (MKL), the default backend
 
-Synthetic graphs: power-law out-degree (mean ~23) and power-law popularity of targets over n genes, plus
-self-loops and the CLS token (mean degree ~25); every cell holds all n genes in random order.
+Graphs (``--graph``):
+
+synthetic  power-law out-degree (mean ~23) and power-law popularity of targets over n genes, plus self-loops
+           and the CLS token (mean degree ~25); every cell holds all n genes in random order.
+pbmc3k     the real thing: the Seq2Graph gene graph (co-expression + packaged prior) of 10x PBMC 3k
+           (``annotation/pbmc3k_seurat_labels.h5ad`` of the shared data, ``GENOHOPTION_SHARED_DATA``), and
+           B cells drawn with a fixed seed, each tokenized to its n - 1 most expressed genes + CLS
+           (``genohoption.data.tokenize``); L is the longest cell of the batch (<= n). Built once and cached in
+           ``benchmarks/results/``.
 """
 
 from __future__ import annotations
@@ -90,6 +97,61 @@ def synthetic_graph(n: int, seed: int = 0, mean_deg: float = 23.0):
     return indptr, dst.astype(np.int64)
 
 
+SHARED_DATA = Path(os.environ.get("GENOHOPTION_SHARED_DATA", ROOT.parent / "shared" / "data"))
+PBMC3K_CACHE = ROOT / "benchmarks" / "results" / "pbmc3k_inputs.npz"
+
+
+def _prepare_pbmc3k() -> Path:
+    """Gene graph of PBMC 3k and each cell's genes by decreasing expression, cached (parent process only)."""
+    if PBMC3K_CACHE.exists():
+        return PBMC3K_CACHE
+    import numpy as np
+    import scanpy as sc
+
+    import genohoption as gh
+    from genohoption._constants import GRAPH_KEY
+
+    path = SHARED_DATA / "annotation" / "pbmc3k_seurat_labels.h5ad"
+    if not path.exists():
+        raise SystemExit(f"--graph pbmc3k needs {path} (set GENOHOPTION_SHARED_DATA).")
+    adata = sc.read_h5ad(path)
+    sc.pp.filter_genes(adata, min_cells=3)
+    gh.pp.build_gene_graph(adata)
+    graph = adata.varp[GRAPH_KEY].tocsr()
+    x = adata.X.tocsr()
+    order = np.random.default_rng(0).permutation(adata.n_obs)
+    genes, cell_ptr = [], [0]
+    for c in order:  # expressed genes of each cell, most expressed first
+        row = x.getrow(c)
+        genes.append(row.indices[np.argsort(-row.data, kind="stable")])
+        cell_ptr.append(cell_ptr[-1] + genes[-1].size)
+    PBMC3K_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        PBMC3K_CACHE,
+        indptr=graph.indptr.astype(np.int64),
+        indices=graph.indices.astype(np.int64),
+        cell_ptr=np.asarray(cell_ptr, dtype=np.int64),
+        cell_genes=np.concatenate(genes).astype(np.int64),
+    )
+    return PBMC3K_CACHE
+
+
+def graph_and_tokens(kind: str, n: int, b: int):
+    """``(indptr, indices, tokens)``: global CSR gene graph and ``(B, L)`` gene indices (-1 = CLS/padding)."""
+    import numpy as np
+
+    if kind == "synthetic":
+        indptr, indices = synthetic_graph(n)
+        return indptr, indices, make_tokens(n, b)
+    data = np.load(PBMC3K_CACHE)
+    ptr, cell_genes = data["cell_ptr"], data["cell_genes"]
+    cells = [cell_genes[ptr[c] : ptr[c + 1]][: n - 1] for c in range(b)]
+    tokens = np.full((b, 1 + max(c.size for c in cells)), -1, dtype=np.int64)
+    for i, c in enumerate(cells):
+        tokens[i, 1 : 1 + c.size] = np.sort(c)  # tokenize() keeps kept genes in gene order
+    return data["indptr"], data["indices"], tokens
+
+
 def make_tokens(n: int, b: int, seed: int = 0):
     import numpy as np
 
@@ -130,15 +192,16 @@ def loop_builder(tokens, indptr, indices):
     return np.asarray(rows), np.asarray(cols)
 
 
-def worker(impl: str, n: int, b: int) -> dict:
+def worker(impl: str, n: int, b: int, kind: str = "synthetic") -> dict:
     import torch
     import torch.nn.functional as F
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
     g_mod, d_mod = _load_nn()
-    indptr, indices = synthetic_graph(n)
-    tokens = torch.as_tensor(make_tokens(n, b))
+    indptr, indices, tokens = graph_and_tokens(kind, n, b)
+    tokens = torch.as_tensor(tokens)
+    n_tok = tokens.shape[1]
     t0 = time.perf_counter()
     graph = g_mod.induced_batch_graph(tokens, torch.as_tensor(indptr), torch.as_tensor(indices))
     t_graph = time.perf_counter() - t0
@@ -149,11 +212,13 @@ def worker(impl: str, n: int, b: int) -> dict:
         "impl": impl,
         "n": n,
         "B": b,
+        "L": n_tok,
+        "tokens_per_cell": float((tokens >= 0).sum()) / b + 1,
         "edges_per_cell": graph.n_edges / b,
         "graph_s": t_graph,
         "layout_s": t_layout,
     }
-    shape = (b, HEADS, n, HEAD_DIM)
+    shape = (b, HEADS, n_tok, HEAD_DIM)
     q, k, v = (torch.randn(shape).requires_grad_() for _ in range(3))
     gout = torch.randn(shape)
     if impl in ("b", "c"):
@@ -200,7 +265,7 @@ def worker(impl: str, n: int, b: int) -> dict:
     return res
 
 
-def hop_bandwidth(n: int, b: int) -> list[dict]:
+def hop_bandwidth(n: int, b: int, kind: str = "synthetic") -> list[dict]:
     """Time one hop on the (B*H*L)^2 block-diagonal attention matrix vs a stream copy.
 
     Variants: the bare product ``A @ X`` with torch.sparse (MKL) and with the numba kernel, and the hops the
@@ -212,10 +277,8 @@ def hop_bandwidth(n: int, b: int) -> list[dict]:
     torch.set_num_threads(2)
     g_mod, d_mod = _load_nn()
     k_mod = import_module("genohoption.nn._kernels")
-    indptr, indices = synthetic_graph(n)
-    graph = g_mod.induced_batch_graph(
-        torch.as_tensor(make_tokens(n, b)), torch.as_tensor(indptr), torch.as_tensor(indices)
-    )
+    indptr, indices, tokens = graph_and_tokens(kind, n, b)
+    graph = g_mod.induced_batch_graph(torch.as_tensor(tokens), torch.as_tensor(indptr), torch.as_tensor(indices))
     lay = graph.head_layout(HEADS)
     vals = torch.rand(lay.nnz)
     a = d_mod._csr(lay.crow, lay.col, vals, lay.n_rows)
@@ -266,13 +329,12 @@ def hop_bandwidth(n: int, b: int) -> list[dict]:
     return res
 
 
-def builder_bench(n: int, b: int) -> dict:
+def builder_bench(n: int, b: int, kind: str = "synthetic") -> dict:
     import torch
 
     torch.set_num_threads(2)
     g_mod, _ = _load_nn()
-    indptr, indices = synthetic_graph(n)
-    tokens = make_tokens(n, b)
+    indptr, indices, tokens = graph_and_tokens(kind, n, b)
     tt = torch.as_tensor(tokens)
     ip, ix = torch.as_tensor(indptr), torch.as_tensor(indices)
     g_mod.induced_batch_graph(tt, ip, ix)
@@ -302,8 +364,8 @@ def _estimates(impl: str, n: int, b: int) -> tuple[float, float]:
     return sec, mem
 
 
-def _run_worker(args: list[str]) -> dict | list:
-    cmd = [sys.executable, __file__, "--worker", *args]
+def _run_worker(args: list[str], graph: str = "synthetic") -> dict | list:
+    cmd = [sys.executable, __file__, "--graph", graph, "--worker", *args]
     proc = subprocess.run(
         cmd,
         capture_output=True,
@@ -323,18 +385,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--grid", default=None, help="comma list of n:B, e.g. 3000:8,6000:8")
     p.add_argument("--impls", default="a,b,c,d-ppr,d-heat,d-ppr-torch,d-heat-torch")
+    p.add_argument("--graph", choices=("synthetic", "pbmc3k"), default="synthetic", help="see the module docstring")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
         kind = a.worker[0]
         n, b = int(a.worker[1]), int(a.worker[2])
         if kind == "hop":
-            print(json.dumps(hop_bandwidth(n, b)))
+            print(json.dumps(hop_bandwidth(n, b, a.graph)))
         elif kind == "build":
-            print(json.dumps(builder_bench(n, b)))
+            print(json.dumps(builder_bench(n, b, a.graph)))
         else:
-            print(json.dumps(worker(kind, n, b)))
+            print(json.dumps(worker(kind, n, b, a.graph)))
         return
+    if a.graph == "pbmc3k":
+        _prepare_pbmc3k()
     grid = QUICK_GRID if a.quick else GRID
     if a.grid:
         grid = [tuple(int(x) for x in item.split(":")) for item in a.grid.split(",")]
@@ -348,16 +413,16 @@ def main(argv: list[str] | None = None) -> None:
                     {"impl": impl, "n": n, "B": b, "skipped": f"est. {sec:.0f} s, {mem / 2**30:.1f} GiB"}
                 )
             else:
-                rows.append({"impl": impl, "n": n, "B": b, **_run_worker([impl, str(n), str(b)])})
+                rows.append({"impl": impl, "n": n, "B": b, **_run_worker([impl, str(n), str(b)], a.graph)})
             if not a.json:
                 print(_fmt_row(rows[-1], rows), flush=True)
-    hop_grid = [(1200, 8)] if a.quick else [(3000, 8), (6000, 8)]
+    hop_grid = [(1200, 8)] if a.quick else [(3000, 8), (6000, 8)] if a.graph == "synthetic" else [(1200, 32), (3000, 8)]
     hops = []
     for n, b in hop_grid:
-        r = _run_worker(["hop", str(n), str(b)])
+        r = _run_worker(["hop", str(n), str(b)], a.graph)
         hops += r if isinstance(r, list) else [r]
     build_grid = [(1200, 8)] if a.quick else [(1200, 32), (3000, 8), (6000, 8)]
-    builds = [_run_worker(["build", str(n), str(b)]) for n, b in build_grid]
+    builds = [_run_worker(["build", str(n), str(b)], a.graph) for n, b in build_grid]
     if a.json:
         print(json.dumps({"attention": rows, "hop": hops, "builder": builds}, indent=1))
         return
@@ -392,7 +457,7 @@ def _fmt_row(r: dict, rows: list[dict]) -> str:
         _HEADER_PRINTED = True
         out = (
             "| n | B | impl | fwd s | fwd+bwd s | fwd MB | fwd+bwd MB | fwd+bwd time / (a) | fwd+bwd mem / (a) "
-            "| E/cell | graph+layout s |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+            "| L | E/token | graph+layout s |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
         )
     if "skipped" in r or "error" in r:
         return out + f"| {r['n']} | {r['B']} | {r['impl']} | {r.get('skipped') or 'error: ' + r['error']} |"
@@ -404,7 +469,7 @@ def _fmt_row(r: dict, rows: list[dict]) -> str:
     return out + (
         f"| {r['n']} | {r['B']} | {r['impl']} | {r['fwd_s']:.3f} | {r['fwd_bwd_s']:.3f} | "
         f"{r['fwd_mem'] / 2**20:.0f} | {r['fwd_bwd_mem'] / 2**20:.0f} | {t_ratio} | {m_ratio} | "
-        f"{r['edges_per_cell'] / r['n']:.1f}/token | {r['graph_s'] + r['layout_s']:.2f} |"
+        f"{r['L']} | {r['edges_per_cell'] / r['tokens_per_cell']:.1f} | {r['graph_s'] + r['layout_s']:.2f} |"
     )
 
 
