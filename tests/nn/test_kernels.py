@@ -88,3 +88,28 @@ def test_kernel_input_errors():
     with pytest.raises(ValueError, match="contiguous CPU"):
         _kernels.spmm(crow, col, val, torch.ones(4, 2).t()[:1], torch.empty(1, 4))
     assert _kernels.available(torch.float32) and not _kernels.available(torch.float16)
+
+
+def test_parallel_and_serial_builds_agree():
+    """One torch thread runs the serial build, more run the parallel one: same values, both cached apart."""
+    n, d = 300, 16
+    m = _csr(n, 0.05, seed=3)
+    rng = np.random.default_rng(3)
+    crow, col = torch.as_tensor(m.indptr), torch.as_tensor(m.indices)
+    val = torch.as_tensor(m.data, dtype=torch.float32)
+    x = torch.as_tensor(rng.standard_normal((n, d)), dtype=torch.float32)
+    res = {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = torch.empty(n, d)
+            scores = torch.empty(m.nnz)
+            _kernels.spmm(crow, col, val, x, out)
+            _kernels.sddmm(crow, col, x, x, scores)
+            res[threads] = (out, scores)
+    finally:
+        torch.set_num_threads(1)
+    np.testing.assert_allclose(res[2][0].numpy(), m @ x.numpy(), rtol=1e-5, atol=1e-5)
+    for a, b in zip(res[1], res[2], strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-6)
+    assert _kernels._spmm_kernel(d, False) is not _kernels._spmm_kernel(d, True)

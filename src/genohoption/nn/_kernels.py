@@ -14,7 +14,8 @@ thread keeps the ``d`` accumulators of its row in registers (a stack array of co
 kernel per ``d``) and prefetches the row needed ``PREFETCH_DISTANCE`` edges ahead, which halves the time
 of a hop (see ``benchmarks/README.md``). The loops over ``d`` are vectorised (AVX2 at d = 16-64; compiled
 with LLVM's SLP vectorizer, see :func:`_slp_vectorized`). CUDA keeps using ``torch.sparse`` (cuSPARSE).
-The kernels run on ``torch.get_num_threads()`` threads (numba's own pool, capped by ``NUMBA_NUM_THREADS``).
+The kernels run on ``torch.get_num_threads()`` threads (numba's pool, capped by ``NUMBA_NUM_THREADS``); with
+one thread a serial build runs, which never wakes the pool.
 
 Kernels are compiled on first use for each head dimension ``d`` and dtype (about 1-2 s each) and cached
 on disk by numba (``NUMBA_CACHE_DIR``), so later processes load them in well under a second.
@@ -101,11 +102,13 @@ if numba is not None:
 
 
 @functools.cache
-def _spmm_kernel(d: int):
+def _spmm_kernel(d: int, parallel: bool = True):
     dist = PREFETCH_DISTANCE
+    variant = (d, parallel)  # numba's disk cache keys on closure contents, not on jit flags
 
-    @numba.njit(parallel=True, fastmath=True, boundscheck=False, nogil=True, cache=True)
+    @numba.njit(parallel=parallel, fastmath=True, boundscheck=False, nogil=True, cache=True)
     def kernel(crow, col, val, x, out, alpha, v, beta, total, accumulate):  # pragma: no cover - compiled
+        variant  # noqa: B018 - referenced so that it is part of the closure
         n = out.shape[0]
         nnz = crow[n]
         for r in numba.prange(n):
@@ -134,11 +137,13 @@ def _spmm_kernel(d: int):
 
 
 @functools.cache
-def _sddmm_kernel(d: int):
+def _sddmm_kernel(d: int, parallel: bool = True):
     dist = PREFETCH_DISTANCE
+    variant = (d, parallel)  # see _spmm_kernel
 
-    @numba.njit(parallel=True, fastmath=True, boundscheck=False, nogil=True, cache=True)
+    @numba.njit(parallel=parallel, fastmath=True, boundscheck=False, nogil=True, cache=True)
     def kernel(crow, col, a, b, out, alpha, beta, zero):  # pragma: no cover - compiled
+        variant  # noqa: B018 - referenced so that it is part of the closure
         n = a.shape[0]
         nnz = crow[n]
         for r in numba.prange(n):
@@ -187,8 +192,18 @@ def _slp_vectorized():
         numba.config.SLP_VECTORIZE = old
 
 
-def _set_threads() -> None:
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+def _set_threads() -> bool:
+    """Match numba's threads to torch's; return whether to run the parallel kernels.
+
+    With one torch thread the serial kernels run: a parallel kernel masked to one thread still wakes
+    numba's pool, whose idle worker spin-waits and took ~40 % of a core in a 1-thread training (two such
+    processes on 2 cores ran 3-6x slower).
+    """
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if threads == 1:
+        return False
+    numba.set_num_threads(threads)
+    return True
 
 
 def spmm(
@@ -215,11 +230,11 @@ def spmm(
         raise ValueError("spmm: beta != 0 needs v with the shape of out.")
     if n == 0 or d == 0:
         return out
-    _set_threads()
+    parallel = _set_threads()
     cast = _scalar(x)
     xs = _np(x)
     with _slp_vectorized():
-        _spmm_kernel(d)(
+        _spmm_kernel(d, parallel)(
             _np(crow),
             _np(col),
             _np(val),
@@ -254,8 +269,8 @@ def sddmm(
         return out
     if d == 0:
         return out.mul_(beta)
-    _set_threads()
+    parallel = _set_threads()
     cast = _scalar(a)
     with _slp_vectorized():
-        _sddmm_kernel(d)(_np(crow), _np(col), _np(a), _np(b), _np(out), cast(alpha), cast(beta), cast(0.0))
+        _sddmm_kernel(d, parallel)(_np(crow), _np(col), _np(a), _np(b), _np(out), cast(alpha), cast(beta), cast(0.0))
     return out
