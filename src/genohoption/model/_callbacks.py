@@ -29,10 +29,11 @@ class PreciseBatchNorm(Callback):
     Parameters
     ----------
     max_batches
-        Training minibatches averaged (default 32, i.e. ~2,000 cells at batch size 64).
+        Training minibatches averaged (default 8: 256-512 cells at batch size 32-64; the mean of a
+        standardised feature is then known to ~0.06 standard deviations, against lags of 1.5-6.7).
     """
 
-    def __init__(self, max_batches: int = 32):
+    def __init__(self, max_batches: int = 8):
         if max_batches < 1:
             raise ValueError(f"max_batches must be >= 1, got {max_batches}.")
         self.max_batches = max_batches
