@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,88 +15,272 @@ from ._constants import ATTENTIONS, LATENT_KEY, PREDICTION_KEY
 logger = logging.getLogger("genohoption")
 
 DEFAULT_REFERENCE_LANES = ("1", "2", "3", "4", "5", "6")
+UMAP_KEY = "X_umap_genohoption"
+"""``obsm`` key of the UMAP of the GenoHoption latent (the input's ``X_umap`` is left alone)."""
+NEIGHBORS_KEY = "genohoption_neighbors"
+"""``key_added`` of :func:`scanpy.pp.neighbors` on the latent (``obsp`` / ``uns``; input graphs stay)."""
+BASELINE_KEY = "logreg_prediction"
+"""``obs`` column of the logistic-regression baseline's predictions."""
+MIN_SHARED_FRACTION = 0.5
+"""Warn when the query holds fewer than this fraction of the reference genes."""
+WEIGHTS_FILE = "model.safetensors"
+"""File that ``GenoHoptionModel.save`` refuses to overwrite."""
+
+
+class UserError(Exception):
+    """A mistake in the command line or the input files: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument parser whose errors are one line on stderr (``prog: error: message``), exit status 2."""
+
+    def error(self, message: str):  # noqa: D102 - argparse API
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genohoption", description=__doc__)
+    parser = _Parser(prog="genohoption", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     ann = sub.add_parser(
         "annotate",
         help="train on a labelled reference, predict cell types of a query",
         description=(
-            "Build the gene graph on the reference, train a GenoHoption model, predict the query and "
-            "write query.h5ad, metrics.json and umap.png to --out. With no files: scanpy's bundled "
-            "pbmc68k_reduced (700 PBMCs), lanes -1..-6 as reference and -7, -8 as query."
+            "Build the gene graph on the reference, train a GenoHoption model, predict the query, fit a "
+            "logistic-regression baseline on the same data and write query.h5ad, metrics.json and umap.png "
+            "to --out. With no files: scanpy's bundled pbmc68k_reduced (700 PBMCs), lanes -1..-6 as "
+            "reference and -7, -8 as query. Inputs and options are checked before training; a mistake is "
+            "reported in one line and exits with status 2."
         ),
     )
     ann.add_argument("--reference", type=Path, help="labelled reference .h5ad")
     ann.add_argument("--query", type=Path, help="query .h5ad (labels optional: used for metrics)")
     ann.add_argument("--labels-key", default=None, help="obs column with cell types (default: bulk_labels "
                      "for the bundled data, cell_type otherwise)")
-    ann.add_argument("--layer", default=None, help="layer with log-normalised expression (default: X)")
+    ann.add_argument("--layer", default=None, help="layer with log-normalised expression, in both files "
+                     "(default: X)")
+    ann.add_argument("--gene-symbols", default=None, metavar="COLUMN",
+                     help="var column of the reference with gene symbols to match the prior network on "
+                     "(default: var_names)")
+    ann.add_argument("--prior", default="default", metavar="FILE|none",
+                     help="prior regulatory network (CSV / TSV / parquet with source, target columns) for "
+                     "the gene graph; 'none': co-expression only (default: the packaged OmniPath network)")
     ann.add_argument("--attention", default="ppr", choices=ATTENTIONS)
-    ann.add_argument("--max-epochs", type=int, default=30)
-    ann.add_argument("--patience", type=int, default=8, help="early-stopping patience (epochs)")
-    ann.add_argument("--batch-size", type=int, default=32)
-    ann.add_argument("--seed", type=int, default=0)
-    ann.add_argument("--out", type=Path, default=Path("genohoption_output"))
+    ann.add_argument("--max-epochs", type=_int_at_least(1), default=30, metavar="N")
+    ann.add_argument("--patience", type=_int_at_least(1), default=8, metavar="N",
+                     help="early-stopping patience (epochs)")
+    ann.add_argument("--batch-size", type=_int_at_least(1), default=32, metavar="N")
+    ann.add_argument("--threads", type=_int_at_least(1), default=None, metavar="N",
+                     help="CPU threads for torch and the numba kernels (default: torch's default)")
+    ann.add_argument("--seed", type=int, default=0, help="seed of torch, numpy, random (scvi-tools), the "
+                     "baseline and the UMAP")
+    ann.add_argument("--out", type=Path, default=Path("genohoption_output"), metavar="DIR",
+                     help="output directory, created if needed (default: genohoption_output)")
+    ann.add_argument("--save-model", type=Path, default=None, metavar="DIR",
+                     help="also save the trained model there (GenoHoptionModel.load reads it)")
     ann.add_argument("--no-plot", action="store_true", help="skip the UMAP figure")
     return parser
 
 
-def _load_inputs(args):
+# ---------------------------------------------------------------------------- checks before training
+def _check_writable_dir(path: Path, option: str, *, create: bool) -> None:
+    """``path`` must be a directory or creatable as one; create it when ``create``."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path} is a file, not a directory; give a directory path (it is created if "
+                        "missing).")
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"{option} {path}: cannot create the directory ({err.strerror or err}); choose "
+                            "another path.") from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError(f"{option} {path}: directory is not writable; choose another path.")
+        return
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: cannot create it under {parent} (not a writable directory); choose "
+                        "another path.")
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Checks that need no data: paths of the inputs, the outputs and the prior."""
+    if (args.reference is None) != (args.query is None):
+        given = "--reference" if args.reference is not None else "--query"
+        raise UserError(f"only {given} given; give both --reference and --query, or neither for the bundled "
+                        "pbmc68k_reduced data.")
+    for option, path in (("--reference", args.reference), ("--query", args.query)):
+        if path is None:
+            continue
+        if not path.exists():
+            raise UserError(f"{option} {path}: no such file; give the path of an .h5ad file.")
+        if not path.is_file():
+            raise UserError(f"{option} {path} is not a file; give the path of an .h5ad file.")
+        if not os.access(path, os.R_OK):
+            raise UserError(f"{option} {path}: file is not readable (permissions).")
+    if args.prior.lower() not in ("default", "none"):
+        prior = Path(args.prior)
+        if not prior.is_file():
+            raise UserError(f"--prior {prior}: no such file; give a CSV / TSV / parquet network file, 'none' "
+                            "(co-expression only) or leave it out (packaged network).")
+    _check_writable_dir(args.out, "--out", create=False)
+    if args.save_model is not None:
+        _check_writable_dir(args.save_model, "--save-model", create=False)
+        if (args.save_model / WEIGHTS_FILE).exists():
+            raise UserError(f"--save-model {args.save_model} already holds a saved model; choose an empty "
+                            "directory or delete that one.")
+
+
+def _read_h5ad(path: Path, option: str):
     import anndata as ad
 
+    try:
+        return ad.read_h5ad(path)
+    except Exception as err:  # noqa: BLE001 - any failure to parse the user's file is a user error
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise UserError(f"{option} {path}: cannot read it as .h5ad ({type(err).__name__}: {first}); give an "
+                        "AnnData file written by anndata / scanpy.") from None
+
+
+def _load_inputs(args):
     from . import datasets
 
-    if (args.reference is None) != (args.query is None):
-        raise SystemExit("genohoption annotate: give both --reference and --query, or neither.")
     if args.reference is None:
         adata = datasets.pbmc68k_reduced()
         lanes = adata.obs["lane"].astype(str)
         in_ref = lanes.isin(DEFAULT_REFERENCE_LANES).to_numpy()
         return adata[in_ref].copy(), adata[~in_ref].copy(), args.labels_key or "bulk_labels", "pbmc68k_reduced"
-    return ad.read_h5ad(args.reference), ad.read_h5ad(args.query), args.labels_key or "cell_type", str(
-        args.reference
-    )
+    reference = _read_h5ad(args.reference, "--reference")
+    query = _read_h5ad(args.query, "--query")
+    return reference, query, args.labels_key or "cell_type", str(args.reference)
 
 
+def _warn(message: str) -> None:
+    print(f"genohoption annotate: warning: {message}", file=sys.stderr)
+
+
+def _check_data(reference, query, labels_key: str, args: argparse.Namespace) -> None:
+    """Checks of the loaded data: labels, layer, gene symbols, shared genes."""
+    if labels_key not in reference.obs:
+        cols = ", ".join(map(str, reference.obs.columns)) or "none"
+        raise UserError(f"the reference has no obs column {labels_key!r} (columns: {cols}); pass --labels-key "
+                        "naming its cell-type column.")
+    n_types = reference.obs[labels_key].dropna().nunique()
+    if n_types < 2:
+        raise UserError(f"reference obs[{labels_key!r}] holds {n_types} cell type(s); at least two needed.")
+    if args.layer is not None:
+        for name, adata in (("reference", reference), ("query", query)):
+            if args.layer not in adata.layers:
+                layers = ", ".join(adata.layers.keys()) or "none"
+                raise UserError(f"the {name} has no layer {args.layer!r} (layers: {layers}); pass --layer "
+                                "naming a layer present in both files, or leave it out to use X.")
+    if args.gene_symbols is not None and args.gene_symbols not in reference.var:
+        cols = ", ".join(map(str, reference.var.columns)) or "none"
+        raise UserError(f"the reference has no var column {args.gene_symbols!r} (columns: {cols}); pass "
+                        "--gene-symbols naming the column with gene symbols, or leave it out to use var_names.")
+    for name, adata in (("reference", reference), ("query", query)):
+        if not adata.var_names.is_unique:
+            dup = adata.var_names[adata.var_names.duplicated()].unique()[:3].tolist()
+            raise UserError(f"the {name}'s var_names are not unique (e.g. {dup}); call "
+                            "adata.var_names_make_unique() and write the file again.")
+    n_shared = int(reference.var_names.isin(query.var_names).sum())
+    if n_shared == 0:
+        raise UserError(f"the query shares no gene with the reference (e.g. reference "
+                        f"{list(reference.var_names[:3])}, query {list(query.var_names[:3])}); use the same gene "
+                        "identifiers in both files.")
+    if n_shared < MIN_SHARED_FRACTION * reference.n_vars:
+        _warn(f"the query holds only {n_shared} of the reference's {reference.n_vars} genes "
+              f"({n_shared / reference.n_vars:.0%}); the missing ones count as not expressed, which may hurt "
+              "the predictions.")
+    if labels_key not in query.obs:
+        _warn(f"the query has no obs column {labels_key!r}: predictions only, no accuracy.")
+
+
+# ---------------------------------------------------------------------------- the job
 def annotate(args: argparse.Namespace) -> dict:
-    """Run the annotation job described by parsed command-line ``args``; return the metrics."""
+    """Run the annotation job described by parsed command-line ``args``; return the metrics.
+
+    Raises :class:`UserError` (before any training) for a mistake in the options or the input files.
+    """
+    _check_options(args)
+    start = time.perf_counter()
+    reference, query, labels_key, source = _load_inputs(args)
+    _check_data(reference, query, labels_key, args)
+    _check_writable_dir(args.out, "--out", create=True)
+
     import matplotlib
 
     matplotlib.use("Agg")
     import scanpy as sc
     import scvi
+    import torch
 
     import genohoption as gh
 
-    start = time.perf_counter()
-    scvi.settings.seed = args.seed
-    reference, query, labels_key, source = _load_inputs(args)
-    gh.pp.build_gene_graph(reference, layer=args.layer)
-    gh.GenoHoptionModel.setup_anndata(reference, layer=args.layer, labels_key=labels_key)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    scvi.settings.seed = args.seed  # seeds random, numpy and torch
+    prior = {"default": "default", "none": None}.get(args.prior.lower(), args.prior)
+    try:
+        gh.pp.build_gene_graph(reference, layer=args.layer, prior=prior, gene_symbols=args.gene_symbols)
+        gh.GenoHoptionModel.setup_anndata(reference, layer=args.layer, labels_key=labels_key)
+    except (KeyError, ValueError, FileNotFoundError) as err:  # documented input errors, raised before training
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        raise UserError(f"the reference cannot be used: {message}") from None
     model = gh.GenoHoptionModel(reference, attention=args.attention)
     model.train(max_epochs=args.max_epochs, batch_size=args.batch_size, early_stopping_patience=args.patience)
     model.predict(query)
     seconds = time.perf_counter() - start
 
-    metrics: dict = {"data": source, "labels_key": labels_key, "attention": args.attention,
+    metrics: dict = {"data": source, "labels_key": labels_key, "layer": args.layer, "attention": args.attention,
+                     "prior": args.prior if prior is not None else "none", "gene_symbols": args.gene_symbols,
+                     "seed": args.seed, "threads": torch.get_num_threads(),
                      "n_reference": int(reference.n_obs), "n_query": int(query.n_obs),
-                     "n_vars": int(reference.n_vars), "graph_edges": int(reference.varp["gene_graph"].nnz),
+                     "n_vars": int(reference.n_vars),
+                     "n_genes_shared": int(reference.var_names.isin(query.var_names).sum()),
+                     "graph_edges": int(reference.varp["gene_graph"].nnz),
                      "epochs": len(model.history_["train_loss"])}
-    if labels_key in query.obs:
+    has_labels = labels_key in query.obs
+    if has_labels:
         metrics.update(gh.tl.annotation_metrics(query, labels_key))
         metrics.pop("n_obs")
     metrics["seconds"] = round(seconds, 1)
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    gh.tl.logistic_regression_baseline(reference, query, labels_key, layer=args.layer, key_added=BASELINE_KEY,
+                                       random_state=args.seed)
+    baseline: dict = {"method": "scikit-learn LogisticRegression (multinomial, L2, C=1), same expression"}
+    if has_labels:
+        scores = gh.tl.annotation_metrics(query, labels_key, prediction_key=BASELINE_KEY)
+        baseline.update(accuracy=scores["accuracy"], macro_f1=scores["macro_f1"])
+    baseline["seconds"] = round(time.perf_counter() - t0, 1)
+    metrics["baseline_logreg"] = baseline
+
+    if args.save_model is not None:
+        model.save(args.save_model)
+        metrics["saved_model"] = str(args.save_model)
+
     query.obsm[LATENT_KEY] = model.get_latent_representation(query)
     if not args.no_plot:
-        sc.pp.neighbors(query, use_rep=LATENT_KEY)
-        sc.tl.umap(query, random_state=args.seed)
-        color = [PREDICTION_KEY] + ([labels_key] if labels_key in query.obs else [])
-        fig = sc.pl.umap(query, color=color, show=False, return_fig=True, wspace=0.6)
+        sc.pp.neighbors(query, use_rep=LATENT_KEY, key_added=NEIGHBORS_KEY, random_state=args.seed)
+        sc.tl.umap(query, neighbors_key=NEIGHBORS_KEY, key_added=UMAP_KEY, random_state=args.seed)
+        color = [PREDICTION_KEY, BASELINE_KEY] + ([labels_key] if has_labels else [])
+        fig = sc.pl.embedding(query, basis=UMAP_KEY, color=color, show=False, return_fig=True, wspace=0.6)
         fig.savefig(args.out / "umap.png", dpi=120, bbox_inches="tight")
     query.write_h5ad(args.out / "query.h5ad")
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -104,16 +289,26 @@ def annotate(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``genohoption`` console script."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    metrics = annotate(args)
+    try:
+        metrics = annotate(args)
+    except UserError as err:
+        parser.exit(2, f"genohoption {args.command}: error: {err}\n")
     summary = {k: v for k, v in metrics.items() if k != "per_class_f1"}
     print(json.dumps(summary, indent=1))
     if "per_class_f1" in metrics:
         print("per-class F1:")
         for name, f1 in metrics["per_class_f1"].items():
             print(f"  {name:<32s} {f1:.3f}")
-    print(f"wrote {args.out}/query.h5ad, metrics.json" + ("" if args.no_plot else ", umap.png"))
+    if "accuracy" in metrics:
+        base = metrics["baseline_logreg"]
+        print(f"GenoHoption ({metrics['attention']}): accuracy {metrics['accuracy']:.3f}, macro F1 "
+              f"{metrics['macro_f1']:.3f} | logistic regression: accuracy {base['accuracy']:.3f}, macro F1 "
+              f"{base['macro_f1']:.3f} ({metrics['n_query']} query cells)")
+    print(f"wrote {args.out}/query.h5ad, metrics.json" + ("" if args.no_plot else ", umap.png")
+          + (f"; model in {args.save_model}" if args.save_model is not None else ""))
     return 0
 
 
