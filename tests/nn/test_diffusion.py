@@ -288,24 +288,24 @@ def test_errors():
 
 
 def test_backend_choice(monkeypatch):
-    from genohoption.nn import _diffusion, _kernels
+    from genohoption.nn import _backends, _kernels
 
     graph = _graph()
     q, k, v = _qkv(graph)
     with pytest.raises(ValueError, match="choose one of 'auto', 'numba', 'torch'"):
         graph_diffusion_attention(q, k, v, graph, backend="mkl")
-    assert _diffusion._resolve_backend("auto", torch.device("cpu"), torch.float32) == "numba"
-    assert _diffusion._resolve_backend("auto", torch.device("cpu"), torch.float16) == "torch"
-    assert _diffusion._resolve_backend("numba", torch.device("cpu"), torch.float32) == "numba"
-    assert _diffusion._resolve_backend("auto", torch.device("cuda"), torch.float32) == "torch"
+    assert _backends.resolve_backend("auto", torch.device("cpu"), torch.float32) == "numba"
+    assert _backends.resolve_backend("auto", torch.device("cpu"), torch.float16) == "torch"
+    assert _backends.resolve_backend("numba", torch.device("cpu"), torch.float32) == "numba"
+    assert _backends.resolve_backend("auto", torch.device("cuda"), torch.float32) == "torch"
     with pytest.raises(ValueError, match="backend='numba' runs on CPU"):
-        _diffusion._resolve_backend("numba", torch.device("cuda"), torch.float32)
+        _backends.resolve_backend("numba", torch.device("cuda"), torch.float32)
     # without numba, backend="numba" is refused and "auto" still runs torch.sparse
     expected = graph_diffusion_attention(q, k, v, graph, backend="numba")
     monkeypatch.setattr(_kernels, "numba", None)
     with pytest.raises(ValueError, match="backend='numba' runs on CPU"):
-        _diffusion._resolve_backend("numba", torch.device("cpu"), torch.float64)
-    assert _diffusion._resolve_backend("auto", torch.device("cpu"), torch.float64) == "torch"
+        _backends.resolve_backend("numba", torch.device("cpu"), torch.float64)
+    assert _backends.resolve_backend("auto", torch.device("cpu"), torch.float64) == "torch"
     assert _rel(graph_diffusion_attention(q, k, v, graph), expected) <= 1e-12
 
 

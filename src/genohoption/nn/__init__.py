@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-# _backbones / _heads exports are maintained by the model layer; _diffusion / _graph by the engine
+# _backbones / _heads exports are maintained by the model layer; _attention, _functional, _graph,
+# _reference and _stats (and the engine modules behind them) by the engine
+from ._attention import GraphDiffusionAttention
 from ._backbones import (
     CategoryValueEncoder,
     ContinuousValueEncoder,
@@ -11,17 +13,13 @@ from ._backbones import (
     GenoHoptionLayer,
     ScGPTBackbone,
 )
-from ._diffusion import (
-    DiffusionStats,
-    GraphDiffusionAttention,
-    dense_diffusion_reference,
-    graph_diffusion_attention,
-    last_diffusion_stats,
-)
+from ._functional import graph_diffusion_attention
 from ._geneformer import GeneformerBackbone, GeneformerLayer
 from ._graph import BatchGraph, induced_batch_graph
 from ._heads import ClsDecoder
 from ._perturbation import PerturbationEncoder
+from ._reference import dense_diffusion_reference
+from ._stats import DiffusionStats, last_diffusion_stats
 
 __all__ = [
     "BatchGraph",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._diffusion import GraphDiffusionAttention
+from ._attention import GraphDiffusionAttention
 from ._graph import BatchGraph
 
 

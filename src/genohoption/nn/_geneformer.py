@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._diffusion import GraphDiffusionAttention
+from ._attention import GraphDiffusionAttention
 from ._graph import BatchGraph
 
 __all__ = ["GeneformerBackbone", "GeneformerLayer"]
