@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+
+import numba
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -113,3 +116,67 @@ def test_parallel_and_serial_builds_agree():
     for a, b in zip(res[1], res[2], strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-6)
     assert _kernels._spmm_kernel(d, False) is not _kernels._spmm_kernel(d, True)
+
+
+def _small_problem(n=40, d=8, seed=5):
+    m = _csr(n, 0.2, seed=seed)
+    crow, col = torch.as_tensor(m.indptr, dtype=torch.int32), torch.as_tensor(m.indices, dtype=torch.int32)
+    x = torch.as_tensor(np.random.default_rng(seed).standard_normal((n, d)), dtype=torch.float32)
+    return m, crow, col, torch.as_tensor(m.data, dtype=torch.float32), x
+
+
+def _call_both(crow, col, val, x):
+    _kernels.spmm(crow, col, val, x, torch.empty_like(x))
+    _kernels.sddmm(crow, col, x, x, torch.empty(col.numel(), dtype=x.dtype))
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
+def test_numba_thread_count_restored():
+    """A parallel call (2 torch threads) runs on 2 numba threads and leaves the caller's count as it was."""
+    _, crow, col, val, x = _small_problem()
+    before = numba.get_num_threads()
+    seen = []
+    run = _kernels._run
+
+    def spy(name, factory, d, parallel, *args):
+        seen.append((parallel, numba.get_num_threads()))
+        return run(name, factory, d, parallel, *args)
+
+    try:
+        numba.set_num_threads(1)
+        torch.set_num_threads(2)
+        _kernels._run = spy
+        _call_both(crow, col, val, x)
+        assert seen == [(True, 2), (True, 2)]
+        assert numba.get_num_threads() == 1
+        torch.set_num_threads(1)  # serial build: numba's thread count is not touched
+        _call_both(crow, col, val, x)
+        assert seen[2:] == [(False, 1), (False, 1)]
+        assert numba.get_num_threads() == 1
+    finally:
+        _kernels._run = run
+        torch.set_num_threads(1)
+        numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("slp", [False, True])
+def test_numba_config_unchanged(slp, monkeypatch):
+    """SLP vectorisation is switched on only while a kernel compiles, and numba.config is as before after it."""
+    monkeypatch.setattr(numba.config, "SLP_VECTORIZE", slp)
+    _, crow, col, val, x = _small_problem(d=11 + slp)  # a head dimension no other test compiles
+    during = []
+    slp_vectorized = _kernels._slp_vectorized
+
+    @contextlib.contextmanager
+    def spy():
+        with slp_vectorized():
+            during.append(numba.config.SLP_VECTORIZE)
+            yield
+
+    config_before = {k: getattr(numba.config, k) for k in dir(numba.config) if k.isupper()}
+    monkeypatch.setattr(_kernels, "_slp_vectorized", spy)
+    for _ in range(2):
+        _call_both(crow, col, val, x)
+    assert during == [True, True]  # the first spmm and the first sddmm only: later calls compile nothing
+    assert numba.config.SLP_VECTORIZE is slp
+    assert {k: getattr(numba.config, k) for k in dir(numba.config) if k.isupper()} == config_before

@@ -8,17 +8,18 @@ Two row-parallel kernels over a CSR matrix ``A`` (``crow``, ``col``, ``val``; in
   dense-dense product that gives attention scores and the gradient of ``A``.
 
 Why not ``torch.sparse`` (MKL) on CPU: with ``d = 64`` a hop is bound by the latency of the gathered rows
-``x[col[e]]`` (each a 256-byte random read from L2/L3), not by arithmetic. MKL's CSR product issues the
-gathers without look-ahead and reached 15-23 % of stream bandwidth on the benchmark machine. Here every
-thread keeps the ``d`` accumulators of its row in registers (a stack array of compile-time length, one
-kernel per ``d``) and prefetches the row needed ``PREFETCH_DISTANCE`` edges ahead, which halves the time
-of a hop (see ``benchmarks/README.md``). The loops over ``d`` are vectorised (AVX2 at d = 16-64; compiled
-with LLVM's SLP vectorizer, see :func:`_slp_vectorized`). CUDA keeps using ``torch.sparse`` (cuSPARSE).
-The kernels run on ``torch.get_num_threads()`` threads (numba's pool, capped by ``NUMBA_NUM_THREADS``); with
-one thread a serial build runs, which never wakes the pool.
+``x[col[e]]`` (each a 256-byte random read from L2/L3), not by arithmetic, and MKL's CSR product issues the
+gathers without look-ahead. Here every thread keeps the ``d`` accumulators of its row in registers (a stack
+array of compile-time length, one kernel per ``d``) and prefetches the row needed ``PREFETCH_DISTANCE`` edges
+ahead (timings in ``benchmarks/README.md``). The loops over ``d`` are vectorised (compiled with LLVM's SLP
+vectorizer, see :func:`_slp_vectorized`). CUDA keeps using ``torch.sparse`` (cuSPARSE).
 
-Kernels are compiled on first use for each head dimension ``d`` and dtype (about 1-2 s each) and cached
-on disk by numba (``NUMBA_CACHE_DIR``), so later processes load them in well under a second.
+Threads: the kernels run on ``torch.get_num_threads()`` threads (numba's pool, capped by
+``NUMBA_NUM_THREADS``); with one thread a serial build runs, which never wakes the pool. The calling thread's
+numba thread count and ``numba.config`` are the same after a call as before it.
+
+Kernels are compiled on first use for each head dimension ``d``, dtype and index dtype (a second or two
+each) and cached on disk by numba (``NUMBA_CACHE_DIR``), so later processes load them.
 """
 
 from __future__ import annotations
@@ -34,14 +35,16 @@ try:  # numba is a dependency (also scanpy's); the engine falls back to torch.sp
     from llvmlite import ir
     from numba import carray
     from numba.core import cgutils, types
+    from numba.core.compiler_lock import global_compiler_lock
     from numba.extending import intrinsic
 except ImportError:  # pragma: no cover - exercised only in broken environments
     numba = None
 
 __all__ = ["PREFETCH_DISTANCE", "available", "sddmm", "spmm"]
 
+# timings were flat between 8 and 24 on the benchmark machine (d = 64)
 PREFETCH_DISTANCE = 16
-"""Edges ahead whose gathered row is prefetched (measured flat between 8 and 24 on the benchmark machine)."""
+"""Edges ahead whose gathered row is prefetched."""
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -181,9 +184,13 @@ def _slp_vectorized():
     """Compile with LLVM's SLP vectorizer, which numba leaves off (``NUMBA_SLP_VECTORIZE=0``).
 
     For ``d < 64`` LLVM fully unrolls the per-row loops over ``d`` before its loop vectorizer runs; without
-    SLP they become scalar FMAs with spilled accumulators (2-3x slower at d = 16 and 32 on the benchmark
-    machine). Only read while a kernel compiles (the first call of a signature); restored after.
+    SLP they become scalar FMAs with spilled accumulators. ``numba.config.SLP_VECTORIZE`` is only read while
+    a function compiles: it is set for the duration of the block and restored after, and the caller holds
+    numba's compiler lock so that no other thread compiles with it.
     """
+    if not hasattr(numba.config, "SLP_VECTORIZE"):  # pragma: no cover - numba without the option
+        yield
+        return
     old = numba.config.SLP_VECTORIZE
     numba.config.SLP_VECTORIZE = True
     try:
@@ -192,18 +199,42 @@ def _slp_vectorized():
         numba.config.SLP_VECTORIZE = old
 
 
-def _set_threads() -> bool:
-    """Match numba's threads to torch's; return whether to run the parallel kernels.
+@contextlib.contextmanager
+def _numba_threads():
+    """Run on ``torch.get_num_threads()`` threads (at most ``NUMBA_NUM_THREADS``); yield whether in parallel.
 
-    With one torch thread the serial kernels run: a parallel kernel masked to one thread still wakes
-    numba's pool, whose idle worker spin-waits and took ~40 % of a core in a 1-thread training (two such
-    processes on 2 cores ran 3-6x slower).
+    With one thread the serial kernels run and numba's thread pool is not touched: a parallel kernel masked
+    to one thread still wakes the pool, whose idle worker spin-waits. Otherwise the calling thread's numba
+    thread count is set for the block and restored after it.
     """
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     if threads == 1:
-        return False
-    numba.set_num_threads(threads)
-    return True
+        yield False
+        return
+    old = numba.get_num_threads()
+    if old != threads:
+        numba.set_num_threads(threads)
+    try:
+        yield True
+    finally:
+        if old != threads:
+            numba.set_num_threads(old)
+
+
+_COMPILED: set[tuple] = set()
+"""Kernels and argument types that have run in this process (no compilation left to do)."""
+
+
+def _run(name: str, factory, d: int, parallel: bool, *args) -> None:
+    """Call ``factory(d, parallel)(*args)``; the first call per argument types compiles, with SLP, under numba's lock."""
+    key = (factory, d, parallel, *(getattr(a, "dtype", type(a)) for a in args))
+    kernel = factory(d, parallel)
+    if key in _COMPILED:
+        kernel(*args)
+        return
+    with global_compiler_lock, _slp_vectorized():
+        kernel(*args)
+    _COMPILED.add(key)
 
 
 def spmm(
@@ -222,6 +253,11 @@ def spmm(
 
     ``x``, ``out``, ``v``, ``total`` are contiguous ``(n, d)`` CPU tensors of one dtype (float32 or float64);
     ``out`` must not alias ``x``. Rows without edges get ``beta * v``. Returns ``out``.
+
+    Raises
+    ------
+    ValueError
+        Shapes, dtypes, or tensors not contiguous on CPU.
     """
     n, d = out.shape
     if x.dim() != 2 or x.shape[1] != d or val.dtype != x.dtype or out.dtype != x.dtype:
@@ -230,22 +266,22 @@ def spmm(
         raise ValueError("spmm: beta != 0 needs v with the shape of out.")
     if n == 0 or d == 0:
         return out
-    parallel = _set_threads()
     cast = _scalar(x)
     xs = _np(x)
-    with _slp_vectorized():
-        _spmm_kernel(d, parallel)(
-            _np(crow),
-            _np(col),
-            _np(val),
-            xs,
-            _np(out),
-            cast(alpha),
-            xs if v is None else _np(v),
-            cast(beta),
-            xs if total is None else _np(total),
-            total is not None,
-        )
+    args = (
+        _np(crow),
+        _np(col),
+        _np(val),
+        xs,
+        _np(out),
+        cast(alpha),
+        xs if v is None else _np(v),
+        cast(beta),
+        xs if total is None else _np(total),
+        total is not None,
+    )
+    with _numba_threads() as parallel:
+        _run("spmm", _spmm_kernel, d, parallel, *args)
     return out
 
 
@@ -263,14 +299,19 @@ def sddmm(
 
     ``a``, ``b`` are contiguous ``(n, d)`` CPU tensors; ``out`` is ``(nnz,)`` of the same dtype (only read
     when ``beta != 0``). Returns ``out``.
+
+    Raises
+    ------
+    ValueError
+        Tensors not contiguous on CPU.
     """
     d = a.shape[1]
     if out.numel() == 0:
         return out
     if d == 0:
         return out.mul_(beta)
-    parallel = _set_threads()
     cast = _scalar(a)
-    with _slp_vectorized():
-        _sddmm_kernel(d, parallel)(_np(crow), _np(col), _np(a), _np(b), _np(out), cast(alpha), cast(beta), cast(0.0))
+    args = (_np(crow), _np(col), _np(a), _np(b), _np(out), cast(alpha), cast(beta), cast(0.0))
+    with _numba_threads() as parallel:
+        _run("sddmm", _sddmm_kernel, d, parallel, *args)
     return out
