@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -307,6 +308,87 @@ def test_backend_choice(monkeypatch):
         _backends.resolve_backend("numba", torch.device("cpu"), torch.float64)
     assert _backends.resolve_backend("auto", torch.device("cpu"), torch.float64) == "torch"
     assert _rel(graph_diffusion_attention(q, k, v, graph), expected) <= 1e-12
+
+
+def _failing_njit_factory(d, parallel=True):
+    """A kernel factory whose kernels fail to compile (numba TypingError), as on an incompatible numba/LLVM."""
+    import numba
+
+    @numba.njit
+    def kernel(*args):  # pragma: no cover - never compiles
+        return args[0] + "no kernel"
+
+    return kernel
+
+
+def _lowering_error_factory(d, parallel=True):
+    from numba.core.errors import LoweringError
+
+    raise LoweringError(
+        "Intrinsic name not mangled correctly for type arguments! Should be: llvm.prefetch.p0i8"
+    )
+
+
+@pytest.mark.parametrize(
+    ("factory", "broken", "error"),
+    [
+        (_failing_njit_factory, ("_spmm_kernel", "_sddmm_kernel"), "TypingError"),
+        (_lowering_error_factory, ("_spmm_kernel", "_sddmm_kernel"), "LoweringError"),
+        (_failing_njit_factory, ("_spmm_kernel",), "TypingError"),  # fails after numba computed the scores
+    ],
+    ids=["typing-error", "lowering-error", "spmm-only"],
+)
+def test_auto_falls_back_to_torch_when_kernels_fail(monkeypatch, factory, broken, error):
+    from genohoption.nn import _backends, _kernels
+
+    monkeypatch.setattr(_backends, "_NUMBA_FAILURE", None)  # as in a fresh process; restored afterwards
+    graph = _graph()
+    q, k, v = _qkv(graph)
+    gout = torch.randn(q.shape, generator=torch.Generator().manual_seed(2), dtype=q.dtype)
+    expected = graph_diffusion_attention(q, k, v, graph, backend="torch")
+    grads_expected = torch.autograd.grad(expected, (q, k, v), gout)
+    for name in broken:
+        monkeypatch.setattr(_kernels, name, factory)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            out = graph_diffusion_attention(q, k, v, graph)  # backend="auto"
+            grads = torch.autograd.grad(out, (q, k, v), gout)
+            assert _rel(out, expected) <= 1e-12
+            for g, ge in zip(grads, grads_expected, strict=True):
+                assert _rel(g, ge) <= 1e-12
+            if len(broken) == 2:  # nothing ran on numba: the torch backend's values exactly
+                assert torch.equal(out, expected)
+    fallback = [w for w in caught if issubclass(w.category, _backends.KernelFallbackWarning)]
+    assert len(fallback) == 1 and issubclass(fallback[0].category, RuntimeWarning)
+    message = str(fallback[0].message)
+    assert error in message and "torch.sparse" in message
+    assert error in _backends.numba_failure()
+    assert _backends.resolve_backend("auto", torch.device("cpu"), torch.float64) == "torch"
+    # asked for explicitly, numba raises a clear error instead
+    with pytest.raises(RuntimeError, match=f"backend='numba'.*failed to compile or load: {error}"):
+        graph_diffusion_attention(q, k, v, graph, backend="numba")
+
+
+def test_auto_falls_back_when_numba_does_not_import(monkeypatch):
+    from genohoption.nn import _backends, _kernels
+
+    monkeypatch.setattr(_backends, "_NUMBA_FAILURE", None)
+    graph = _graph()
+    q, k, v = _qkv(graph)
+    expected = graph_diffusion_attention(q, k, v, graph, backend="torch")
+    monkeypatch.setattr(_kernels, "numba", None)
+    monkeypatch.setattr(
+        _kernels, "IMPORT_ERROR", ImportError("Numba needs NumPy 2.2 or less. Got NumPy 2.9.")
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outs = [graph_diffusion_attention(q, k, v, graph) for _ in range(2)]
+    assert [w.category for w in caught] == [_backends.KernelFallbackWarning]
+    assert "ImportError: Numba needs NumPy 2.2" in str(caught[0].message)
+    assert all(torch.equal(out, expected) for out in outs)
+    with pytest.raises(ValueError, match="numba import failed: ImportError"):
+        graph_diffusion_attention(q, k, v, graph, backend="numba")
 
 
 def test_module_backend():

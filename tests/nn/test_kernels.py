@@ -180,3 +180,17 @@ def test_numba_config_unchanged(slp, monkeypatch):
     assert during == [True, True]  # the first spmm and the first sddmm only: later calls compile nothing
     assert numba.config.SLP_VECTORIZE is slp
     assert {k: getattr(numba.config, k) for k in dir(numba.config) if k.isupper()} == config_before
+
+
+def test_kernel_error_names_the_cause(monkeypatch):
+    """Compilation errors come out as KernelError (a RuntimeError) with the numba error as cause."""
+    from numba.core.errors import TypingError
+
+    def factory(d, parallel=True):
+        raise TypingError("cannot type this")
+
+    _, crow, col, val, x = _small_problem()
+    monkeypatch.setattr(_kernels, "_spmm_kernel", factory)
+    with pytest.raises(_kernels.KernelError, match=r"spmm\(d=8, .*TypingError: cannot type this") as info:
+        _kernels.spmm(crow, col, val, x, torch.empty_like(x))
+    assert isinstance(info.value, RuntimeError) and isinstance(info.value.__cause__, TypingError)

@@ -77,7 +77,8 @@ def graph_diffusion_attention(
         Sparse kernels: ``"numba"`` (CPU kernels with prefetched row gathers, about 2x faster per hop than
         MKL at head width 64, see ``benchmarks/README.md``), ``"torch"`` (``torch.sparse`` CSR: MKL on CPU,
         cuSPARSE on CUDA) or ``"auto"`` (default: ``"numba"`` for CPU float tensors, else ``"torch"``).
-        Both give the same values to rounding.
+        Both give the same values to rounding. If the numba kernels cannot be imported, compiled or loaded,
+        ``"auto"`` runs ``"torch"`` instead and warns once per process (a :class:`RuntimeWarning`).
 
     Returns
     -------
@@ -92,6 +93,8 @@ def graph_diffusion_attention(
         computed in float32).
     TypeError
         ``graph`` is not a :class:`~genohoption.nn.BatchGraph`.
+    RuntimeError
+        ``backend="numba"`` and the numba kernels failed to compile or load.
 
     Notes
     -----

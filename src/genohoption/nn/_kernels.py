@@ -19,7 +19,8 @@ Threads: the kernels run on ``torch.get_num_threads()`` threads (numba's pool, c
 numba thread count and ``numba.config`` are the same after a call as before it.
 
 Kernels are compiled on first use for each head dimension ``d``, dtype and index dtype (a second or two
-each) and cached on disk by numba (``NUMBA_CACHE_DIR``), so later processes load them.
+each) and cached on disk by numba (``NUMBA_CACHE_DIR``), so later processes load them. Any error while
+compiling or loading them is raised as :class:`KernelError`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ import functools
 import numpy as np
 import torch
 
+IMPORT_ERROR: Exception | None = None
+"""Why numba could not be imported (``None`` if it was); the engine then uses torch.sparse."""
+
 try:  # numba is a dependency (also scanpy's); the engine falls back to torch.sparse without it
     import numba
     from llvmlite import ir
@@ -37,16 +41,21 @@ try:  # numba is a dependency (also scanpy's); the engine falls back to torch.sp
     from numba.core import cgutils, types
     from numba.core.compiler_lock import global_compiler_lock
     from numba.extending import intrinsic
-except ImportError:  # pragma: no cover - exercised only in broken environments
+except Exception as exc:  # pragma: no cover - broken environments (e.g. numba too old for this numpy)
     numba = None
+    IMPORT_ERROR = exc
 
-__all__ = ["PREFETCH_DISTANCE", "available", "sddmm", "spmm"]
+__all__ = ["IMPORT_ERROR", "PREFETCH_DISTANCE", "KernelError", "available", "sddmm", "spmm"]
 
 # timings were flat between 8 and 24 on the benchmark machine (d = 64)
 PREFETCH_DISTANCE = 16
 """Edges ahead whose gathered row is prefetched."""
 
 _DTYPES = (torch.float32, torch.float64)
+
+
+class KernelError(RuntimeError):
+    """A numba kernel failed to compile or to load (numba / LLVM error as ``__cause__``)."""
 
 
 def available(dtype: torch.dtype | None = None) -> bool:
@@ -226,14 +235,30 @@ _COMPILED: set[tuple] = set()
 
 
 def _run(name: str, factory, d: int, parallel: bool, *args) -> None:
-    """Call ``factory(d, parallel)(*args)``; the first call per argument types compiles, with SLP, under numba's lock."""
+    """Call ``factory(d, parallel)(*args)``.
+
+    The first call per kernel and argument types (the one that compiles, or loads from numba's disk cache)
+    runs with SLP vectorisation on and holds numba's compiler lock.
+
+    Raises
+    ------
+    KernelError
+        numba or LLVM failed to build or load the kernel (the compiled kernels raise nothing themselves).
+    """
     key = (factory, d, parallel, *(getattr(a, "dtype", type(a)) for a in args))
-    kernel = factory(d, parallel)
-    if key in _COMPILED:
-        kernel(*args)
-        return
-    with global_compiler_lock, _slp_vectorized():
-        kernel(*args)
+    try:
+        kernel = factory(d, parallel)
+        if key in _COMPILED:
+            kernel(*args)
+            return
+        with global_compiler_lock, _slp_vectorized():
+            kernel(*args)
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        raise KernelError(
+            f"numba kernel {name}(d={d}, parallel={parallel}) failed to compile or load: "
+            f"{type(exc).__name__}: {lines[0] if lines else ''}"
+        ) from exc
     _COMPILED.add(key)
 
 
@@ -258,6 +283,8 @@ def spmm(
     ------
     ValueError
         Shapes, dtypes, or tensors not contiguous on CPU.
+    KernelError
+        The kernel failed to compile or load.
     """
     n, d = out.shape
     if x.dim() != 2 or x.shape[1] != d or val.dtype != x.dtype or out.dtype != x.dtype:
@@ -304,6 +331,8 @@ def sddmm(
     ------
     ValueError
         Tensors not contiguous on CPU.
+    KernelError
+        The kernel failed to compile or load.
     """
     d = a.shape[1]
     if out.numel() == 0:
