@@ -162,6 +162,71 @@ def test_ppr_and_heat_closed_series():
     assert _rel(out[0, 0], a @ vv) <= 1e-12
 
 
+def _path_graph_attention():
+    """One cell of 5 tokens, no CLS, unequal degrees (a path with self-loops plus the edge 4 -> 0).
+
+    With q = k = 0 every neighbour gets the same score, so ``A`` is the row-normalised adjacency: row-stochastic,
+    not symmetric and not idempotent (``A^2 != A``), so each hop changes the output.
+    """
+    neighbours = [[0, 1], [0, 1, 2], [1, 2, 3, 4], [2, 3], [0, 4]]
+    n = len(neighbours)
+    indptr = torch.tensor([0, *np.cumsum([len(r) for r in neighbours])])
+    indices = torch.tensor([j for r in neighbours for j in r])
+    a = np.zeros((n, n))
+    for i, r in enumerate(neighbours):
+        a[i, r] = 1.0 / len(r)
+    return BatchGraph(indptr, indices, 1, n), a
+
+
+def _closed_form(a, method, n_hops, alpha, t, normalize):
+    """``M`` with output ``M V`` per head, from powers of ``A`` (float64 numpy): eqs. 6-8, 10 summed out."""
+    powers = [np.linalg.matrix_power(a, i) for i in range(n_hops + 1)]
+    if method == "mask":
+        return a
+    if method == "ppr":  # V_K = (1 - alpha)^K A^K V + alpha sum_{k<K} (1 - alpha)^k A^k V
+        return (1 - alpha) ** n_hops * powers[n_hops] + sum(
+            alpha * (1 - alpha) ** i * powers[i] for i in range(n_hops)
+        )
+    weights = [math.exp(-t) * t**i / math.factorial(i) for i in range(n_hops + 1)]
+    m = sum(w * p for w, p in zip(weights, powers, strict=True))
+    return m / sum(weights) if normalize else m
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(method="ppr", alpha=0.3, t=1.0, normalize=False),
+        dict(method="heat", alpha=0.25, t=2.0, normalize=False),
+        dict(method="heat", alpha=0.25, t=2.0, normalize=True),
+    ],
+    ids=lambda c: f"{c['method']}-normalize={c['normalize']}",
+)
+def test_closed_form_on_non_idempotent_attention(cfg, backend):
+    """Output and dL/dV equal the closed-form series in A for K = 1, 2, 5, which give different outputs."""
+    graph, a = _path_graph_attention()
+    assert not np.allclose(a @ a, a)
+    gen = torch.Generator().manual_seed(11)
+    shape = (1, 2, graph.seq_len, 3)
+    v = torch.randn(shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    gout = torch.randn(shape, generator=gen, dtype=torch.float64)
+    z = torch.zeros(shape, dtype=torch.float64)
+    vv, gg = v.detach().numpy()[0], gout.numpy()[0]
+    outs = {}
+    for n_hops in (1, 2, 5):
+        out = graph_diffusion_attention(z, z, v, graph, n_hops=n_hops, backend=backend, **cfg)
+        (gv,) = torch.autograd.grad(out, v, gout)
+        m = _closed_form(a, n_hops=n_hops, **cfg)
+        np.testing.assert_allclose(out.detach().numpy()[0], m @ vv, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(gv.numpy()[0], m.T @ gg, rtol=1e-10, atol=1e-10)
+        assert last_diffusion_stats().n_hops == n_hops
+        outs[n_hops] = out.detach()
+    for k1, k2 in ((1, 2), (2, 5), (1, 5)):  # a wrong hop count would not go unnoticed
+        assert (outs[k1] - outs[k2]).abs().max() > 1e-3
+    out = graph_diffusion_attention(z, z, v, graph, method="mask", backend=backend)
+    np.testing.assert_allclose(out.detach().numpy()[0], a @ vv, rtol=1e-10, atol=1e-10)
+
+
 def test_adaptive_hops():
     graph = _graph()
     q, k, v = _qkv(graph)
