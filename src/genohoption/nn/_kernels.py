@@ -47,7 +47,7 @@ except Exception as exc:  # pragma: no cover - broken environments (e.g. numba t
 
 __all__ = ["IMPORT_ERROR", "PREFETCH_DISTANCE", "KernelError", "available", "sddmm", "spmm"]
 
-# timings were flat between 8 and 24 on the benchmark machine (d = 64)
+# timings were flat between 8 and 24 on the benchmark machine
 PREFETCH_DISTANCE = 16
 """Edges ahead whose gathered row is prefetched."""
 
