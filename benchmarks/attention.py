@@ -60,7 +60,7 @@ def _load_nn():
         pkg = types.ModuleType("genohoption")
         pkg.__path__ = [str(ROOT / "src" / "genohoption")]
         sys.modules["genohoption"] = pkg
-    return import_module("genohoption.nn._graph"), import_module("genohoption.nn._diffusion")
+    return import_module("genohoption.nn._graph"), import_module("genohoption.nn")
 
 
 def _status_bytes(field: str) -> int:
@@ -275,13 +275,13 @@ def hop_bandwidth(n: int, b: int, kind: str = "synthetic") -> list[dict]:
     import torch
 
     torch.set_num_threads(2)
-    g_mod, d_mod = _load_nn()
+    g_mod, _ = _load_nn()
     k_mod = import_module("genohoption.nn._kernels")
     indptr, indices, tokens = graph_and_tokens(kind, n, b)
     graph = g_mod.induced_batch_graph(torch.as_tensor(tokens), torch.as_tensor(indptr), torch.as_tensor(indices))
     lay = graph.head_layout(HEADS)
     vals = torch.rand(lay.nnz)
-    a = d_mod._csr(lay.crow, lay.col, vals, lay.n_rows)
+    a = import_module("genohoption.nn._backends").csr_tensor(lay.crow, lay.col, vals, lay.n_rows)
     x = torch.randn(lay.n_rows, HEAD_DIM)
     v = torch.randn_like(x)
     total = torch.zeros_like(x)
