@@ -39,7 +39,7 @@ ATTENTIONS = ["ppr", "heat", "mask", "dense"]
 
 
 def _baselines(adata, train_mask, conditions):
-    from genohoption.data._perturbation import parse_condition
+    from genohoption._conditions import parse_condition
 
     X = adata.X.toarray().astype(np.float64)
     cond = adata.obs["condition"].astype(str).to_numpy()

@@ -1,10 +1,15 @@
-"""Keys written to or read from :class:`~anndata.AnnData`, defined once."""
+"""Keys written to or read from :class:`~anndata.AnnData` and minibatches, defined once (no imports)."""
 
 from __future__ import annotations
 
+# ---------------------------------------------------------------- adata.varp / adata.uns: the gene graph
 GRAPH_KEY = "gene_graph"
 """Default ``adata.varp`` / ``adata.uns`` key of the gene graph."""
 
+GRAPH_SOURCE_SUFFIX = "_source"
+"""Suffix of the ``adata.varp`` key holding each edge's origin code (``gene_graph_source``)."""
+
+# ---------------------------------------------------------------- adata.obs / obsm / layers: predictions
 PREDICTION_KEY = "genohoption_prediction"
 """``adata.obs`` column with predicted cell types."""
 
@@ -15,13 +20,40 @@ PROBABILITIES_KEY = "genohoption_probabilities"
 """``adata.obsm`` key with class probabilities, ``(n_obs, n_classes)``."""
 
 LATENT_KEY = "X_genohoption"
-"""``adata.obsm`` key suggested for the CLS embedding."""
+"""``adata.obsm`` key of the cell embeddings (the command line writes it; suggested in the docs)."""
 
-UNS_KEY = "genohoption"
-"""``adata.uns`` key where the model records parameters of its writes."""
+UMAP_KEY = "X_umap_genohoption"
+"""``adata.obsm`` key of the command line's UMAP of :data:`LATENT_KEY` (``X_umap`` is never overwritten)."""
 
 PERTURBATION_LAYER_PREFIX = "genohoption_"
 """``adata.layers`` prefix for predicted perturbed expression (``genohoption_A+B``)."""
 
+# ---------------------------------------------------------------- adata.uns: parameters of writes
+UNS_KEY = "genohoption"
+"""``adata.uns`` key where the model records parameters of its writes (``uns["genohoption"]["predict"]``)."""
+
+UNS_PREDICT = "predict"
+"""Entry of ``adata.uns[UNS_KEY]`` written by ``predict``."""
+
+UNS_PREDICT_PERTURBATION = "predict_perturbation"
+"""Entry of ``adata.uns[UNS_KEY]`` written by ``predict_perturbation``."""
+
+UNS_READ_GEARS = "read_gears"
+"""``adata.uns`` key written by :func:`genohoption.datasets.read_gears`."""
+
+# ---------------------------------------------------------------- model registry and minibatches
+PERT_KEY = "perturbation"
+"""Registry key of the perturbation-condition field."""
+
+CTRL_X_KEY = "ctrl_x"
+"""Minibatch key of the paired control cells' expression ``(B, n_vars)``."""
+
+PERT_GENES_KEY = "pert_genes"
+"""Minibatch key of the perturbed genes' indices ``(B, max_genes)``, ``-1`` = none."""
+
+# ---------------------------------------------------------------- choices
 ATTENTIONS = ("ppr", "heat", "mask", "dense")
 """Supported attention kinds (DESIGN.md §1)."""
+
+BACKBONES = ("scgpt", "geneformer")
+"""Supported backbones."""

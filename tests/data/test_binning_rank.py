@@ -56,7 +56,8 @@ def _geneformer_reference(x, medians, max_len):
     out = []
     known = np.isfinite(medians) & (medians > 0)
     for row in x:
-        v = row / row.sum() * 10_000 / np.where(known, medians, 1.0)
+        with np.errstate(invalid="ignore", divide="ignore"):  # an all-zero cell: no gene is kept anyway
+            v = row / row.sum() * 10_000 / np.where(known, medians, 1.0)
         idx = np.flatnonzero((row > 0) & known)
         order = idx[np.argsort(-v[idx], kind="stable")]
         out.append(order[:max_len])

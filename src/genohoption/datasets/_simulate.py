@@ -2,7 +2,7 @@
 
 No real Perturb-seq data of useful size can be had offline here, so benchmarks, tests and the tutorial
 use cells simulated on a real regulatory subnetwork (by default the packaged OmniPath prior,
-:func:`~genohoption.datasets.prior_network`), in GEARS format.
+:func:`~genohoption.pp.read_prior`), in GEARS format.
 
 The simulator is a Hill-function steady-state model of transcription, in the spirit of SERGIO
 (Dibaeinia & Sinha, 2020) but deterministic-plus-noise rather than stochastic differential equations:
@@ -69,7 +69,7 @@ def simulate_perturbation(
     ----------
     network
         Directed regulatory edges: ``source``, ``target`` and optional ``weight`` (sign: ``< 0``
-        represses); default the packaged OmniPath prior (:func:`~genohoption.datasets.prior_network`).
+        represses); default the packaged OmniPath prior (:func:`~genohoption.pp.read_prior`).
     n_genes
         Genes of the subnetwork (``n_vars``).
     n_regulators
@@ -107,10 +107,10 @@ def simulate_perturbation(
     """
     from anndata import AnnData
 
-    from ._prior import prior_network
+    from ..pp._priors import read_prior
 
     rng = np.random.default_rng(seed)
-    net = prior_network() if network is None else network
+    net = read_prior("default") if network is None else network
     if not {"source", "target"} <= set(net.columns):
         raise ValueError("network needs 'source' and 'target' columns (and optionally 'weight').")
     genes, edges = _subnetwork(net, n_genes, n_regulators, rng)

@@ -11,7 +11,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.lines import Line2D
 from scipy import sparse
 
-from .._constants import GRAPH_KEY
+from .._constants import GRAPH_KEY, GRAPH_SOURCE_SUFFIX
 from ._utils import _finish
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def _graph_and_source(adata: AnnData, key: str) -> tuple[sparse.csr_matrix, spar
             f"No gene graph at `adata.varp[{key!r}]`; build it with `gh.pp.build_gene_graph(adata, key_added={key!r})`."
         )
     graph = sparse.csr_matrix(adata.varp[key])
-    src_key = key + "_source"
+    src_key = key + GRAPH_SOURCE_SUFFIX
     if src_key in adata.varp:
         source = sparse.csr_matrix(adata.varp[src_key]).astype(np.int8)
     else:  # graph from elsewhere: sources unknown

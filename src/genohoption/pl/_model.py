@@ -32,7 +32,7 @@ def training_history(
     model
         A trained :class:`~genohoption.GenoHoptionModel`.
     keys
-        Entries of ``model.history_`` to draw (e.g. ``"accuracy_validation"``); missing ones are skipped.
+        Entries of ``model.history_`` to draw (e.g. ``"validation_accuracy"``); missing ones are skipped.
     ax
         Axes to draw into; a new figure if ``None``.
     show

@@ -13,8 +13,9 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from genohoption._constants import GRAPH_KEY
-from genohoption._utils import _check_adata, _save_data
+from .._constants import GRAPH_KEY, GRAPH_SOURCE_SUFFIX
+from .._utils import _save_data
+from .._validate import as_anndata, check_key, check_unique_var_names, check_values, get_matrix, matrix_name
 
 from ._coexpression import coexpression_topk_approx, coexpression_topk_exact
 from ._priors import read_prior
@@ -27,9 +28,6 @@ EDGE_PRIOR = 2
 """Code of an edge from the prior network only."""
 EDGE_BOTH = 3
 """Code of an edge found by both (``EDGE_COEXPRESSION | EDGE_PRIOR``)."""
-
-SOURCE_SUFFIX = "_source"
-"""``adata.varp[key_added + SOURCE_SUFFIX]`` holds the per-edge source codes."""
 
 _MIN_PRIOR_COVERAGE = 0.05
 _EDGES = ("both", "coexpression", "prior")
@@ -76,7 +74,7 @@ def build_gene_graph(
         boolean) data are upcast to float32; float64 is computed in float32; float16 is refused.
     prior
         Prior network: ``"default"`` (the packaged OmniPath transcriptional network, see
-        :func:`genohoption.datasets.prior_network`), a :class:`~pandas.DataFrame` with ``source``
+        :func:`genohoption.pp.read_prior`), a :class:`~pandas.DataFrame` with ``source``
         (TF), ``target`` (optional ``weight``, unused), a path to a CSV / TSV / parquet file of the
         same, a list of these (merged), or ``None`` for no prior.
     n_neighbors
@@ -162,14 +160,9 @@ def build_gene_graph(
     >>> adata.varp["gene_graph"]
     <Compressed Sparse Row sparse matrix of dtype 'float32' ...>
     """
-    _check_adata(adata)
+    adata = as_anndata(adata)
     _check_params(n_neighbors, min_corr, method, edges, key_added)
-    if not adata.var_names.is_unique:
-        dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
-        raise ValueError(
-            f"`adata.var_names` are not unique (e.g. {dup}); the graph is indexed by gene. "
-            "Call `adata.var_names_make_unique()` first."
-        )
+    check_unique_var_names(adata)
     use_coexpression = edges in ("both", "coexpression")
     use_prior = edges in ("both", "prior") and prior is not None
     if edges == "prior" and prior is None:
@@ -187,8 +180,8 @@ def build_gene_graph(
                 'Select more cells or use `edges="prior"`.'
             )
         X = _get_matrix(adata, layer, cell_mask)
-    elif layer is not None and layer not in adata.layers:
-        raise KeyError(f"Layer {layer!r} not found in `adata.layers` (available: {list(adata.layers)}).")
+    elif layer is not None:
+        get_matrix(adata, layer)  # the layer must exist even when only the prior is used
 
     # prior edges (validated before any heavy computation)
     prior_rows = np.empty(0, dtype=np.int64)
@@ -288,7 +281,7 @@ def build_gene_graph(
     if copy:
         adata = adata.copy()
     _save_data(adata, attr="varp", key=key_added, data=graph)
-    _save_data(adata, attr="varp", key=key_added + SOURCE_SUFFIX, data=source)
+    _save_data(adata, attr="varp", key=key_added + GRAPH_SOURCE_SUFFIX, data=source)
     _save_data(adata, attr="uns", key=key_added, data=uns)
     return adata if copy else None
 
@@ -306,8 +299,7 @@ def _check_params(n_neighbors, min_corr, method, edges, key_added) -> None:
         raise ValueError(f"`method` must be one of {_METHODS}, got {method!r}.")
     if edges not in _EDGES:
         raise ValueError(f"`edges` must be one of {_EDGES}, got {edges!r}.")
-    if not isinstance(key_added, str) or not key_added:
-        raise ValueError(f"`key_added` must be a non-empty string, got {key_added!r}.")
+    check_key(key_added)
 
 
 def _cell_mask(adata: AnnData, cells) -> tuple[np.ndarray | None, str]:
@@ -334,62 +326,17 @@ def _cell_mask(adata: AnnData, cells) -> tuple[np.ndarray | None, str]:
 
 def _get_matrix(adata: AnnData, layer: str | None, cell_mask: np.ndarray | None):
     """Return the selected cells' matrix, validated (finite, non-negative), integers upcast."""
-    if layer is None:
-        X = adata.X
-        where = "adata.X"
-    else:
-        if layer not in adata.layers:
-            raise KeyError(f"Layer {layer!r} not found in `adata.layers` (available: {list(adata.layers)}).")
-        X = adata.layers[layer]
-        where = f"adata.layers[{layer!r}]"
-    if X is None:
-        raise ValueError(f"{where} is empty (None); pass `layer=` with the expression values.")
+    X = get_matrix(adata, layer)
     if not (sparse.issparse(X) or isinstance(X, np.ndarray)):
-        try:
-            X = np.asarray(X)
-        except Exception as e:
-            raise TypeError(
-                f"{where} must be a numpy array or scipy sparse matrix, got {type(X).__name__}."
-            ) from e
-    dtype = X.dtype
-    if dtype == np.float16:
-        raise TypeError(
-            f"{where} is float16, too imprecise for correlations. Convert it, e.g. "
-            f"`{where} = {where}.astype(np.float32)`."
-        )
-    if not (
-        np.issubdtype(dtype, np.floating)
-        or np.issubdtype(dtype, np.integer)
-        or np.issubdtype(dtype, np.bool_)
-    ):
-        raise TypeError(f"{where} must hold real numbers, got dtype {dtype}.")
+        X = np.asarray(X)
     if sparse.issparse(X) and X.format not in ("csr", "csc"):
         X = sparse.csr_matrix(X)
     if cell_mask is not None:
         X = X[cell_mask]
-    if not np.issubdtype(dtype, np.floating):
+    if not np.issubdtype(X.dtype, np.floating):
         X = X.astype(np.float32)  # counts and booleans: exact in float32 below 2**24
-    _check_values(X, where)
+    check_values(X, matrix_name(layer))
     return X
-
-
-def _check_values(X, where: str) -> None:
-    if sparse.issparse(X):
-        chunks = [X.data]
-    else:
-        step = max(1, 2**24 // max(X.shape[1], 1))
-        chunks = (X[s : s + step] for s in range(0, X.shape[0], step))
-    for chunk in chunks:
-        if not np.isfinite(chunk).all():
-            raise ValueError(
-                f"{where} contains NaN or infinite values. Fix or drop them first "
-                "(e.g. recompute the log-normalisation)."
-            )
-        if (chunk < 0).any():
-            raise ValueError(
-                f"{where} contains negative values; the gene graph expects non-negative (log-normalised) "
-                "expression, not scaled or centred data. Pass `layer=` with log-normalised values."
-            )
 
 
 def _resolve_prior(prior) -> pd.DataFrame:

