@@ -28,3 +28,11 @@ def test_no_placeholder_in_docstrings():
             doc = inspect.getdoc(getattr(mod, name)) or ""
             assert not re.search(r"%\(\w+\)s|\{\w+\}s", doc), f"{namespace}.{name}"
     assert gh.GenoHoptionModel.__doc__
+
+
+def test_model_methods_are_documented():
+    """The class page lists own members only (``:no-inherited-members:``): the user API must be defined on it."""
+    own = vars(gh.GenoHoptionModel)
+    for name in ("setup_anndata", "train", "predict", "predict_perturbation", "get_latent_representation",
+                 "save", "load"):
+        assert name in own and inspect.getdoc(getattr(gh.GenoHoptionModel, name)), name

@@ -8,7 +8,7 @@ from genohoption.model import PreciseBatchNorm
 
 
 class _Module(nn.Module):
-    """Linear -> dropout -> BatchNorm, with scvi's inference interface."""
+    """Linear -> dropout -> BatchNorm, with the task modules' interface (``module(x)``, ``device``)."""
 
     def __init__(self):
         super().__init__()
@@ -16,10 +16,11 @@ class _Module(nn.Module):
         self.drop = nn.Dropout(0.5)
         self.norm = nn.BatchNorm1d(4, momentum=0.3)
 
-    def _get_inference_input(self, tensors):
-        return {"x": tensors["X"]}
+    @property
+    def device(self):
+        return self.lin.weight.device
 
-    def inference(self, x):
+    def forward(self, x):
         return self.norm(self.drop(self.lin(x)))
 
 

@@ -1,4 +1,6 @@
 import copy
+import os
+import stat
 
 import numpy as np
 import pandas as pd
@@ -36,16 +38,17 @@ def test_train_records_history_and_learns(trained):
     model, _, query = trained
     assert model.is_trained_
     hist = model.history_
-    assert {"train_loss", "validation_loss", "accuracy_validation"} <= set(hist)
+    assert set(hist) == {"train_loss", "validation_loss", "train_accuracy", "validation_accuracy",
+                         "validation_macro_f1"}  # a classifier's metrics, no elbo_* / kl_*
     losses = hist["train_loss"].iloc[:, 0].astype(float).to_numpy()
     assert losses[-1] < losses[0]
-    train_acc = hist["accuracy_train"].iloc[:, 0].astype(float).to_numpy()
+    train_acc = hist["train_accuracy"].iloc[:, 0].astype(float).to_numpy()
     assert train_acc[-1] > train_acc[0]
+    f1 = hist["validation_macro_f1"].iloc[:, 0].astype(float).to_numpy()
+    assert ((f1 >= 0) & (f1 <= 1)).all() and f1.max() > 0.3
     model.predict(query)
     acc = gh.tl.annotation_metrics(query, "bulk_labels")["accuracy"]
     chance = query.obs["bulk_labels"].value_counts(normalize=True).max()
-    # measured over 10 seeds (either kernel backend): 0.71-0.81 on this split, chance 0.36; before the
-    # BatchNorm statistics were re-estimated (PreciseBatchNorm) the same runs gave 0.18-0.71
     assert acc > max(chance + 0.2, 0.6), (acc, chance)
     norm = model.module.cls_decoder.input_norm
     assert int(norm.num_batches_tracked) <= 8 and norm.momentum == 0.1  # re-estimated, momentum restored
@@ -107,8 +110,8 @@ def test_query_genes_aligned_by_name(trained):
     drop = query.var_names[::7]
     partial = query[:, ~query.var_names.isin(drop)].copy()
     zeroed = query.copy()
-    zeroed.X = sp.csr_matrix(zeroed.X)
-    zeroed.X[:, np.flatnonzero(query.var_names.isin(drop))] = 0
+    keep = sp.diags((~query.var_names.isin(drop)).astype(np.float32))
+    zeroed.X = sp.csr_matrix(sp.csr_matrix(zeroed.X) @ keep)
     zeroed.X.eliminate_zeros()
     np.testing.assert_allclose(model.get_latent_representation(partial),
                                model.get_latent_representation(zeroed), rtol=1e-5, atol=1e-5)
@@ -144,6 +147,11 @@ def _unchanged(before, after):
     np.testing.assert_array_equal(sp.csr_matrix(before.X).toarray(), sp.csr_matrix(after.X).toarray())
 
 
+def _drop_first_label(adata):
+    obs = adata.obs
+    obs["bulk_labels"] = obs["bulk_labels"].where(np.arange(adata.n_obs) > 0)
+
+
 @pytest.mark.parametrize(
     ("mutate", "kwargs", "error", "match"),
     [
@@ -154,10 +162,9 @@ def _unchanged(before, after):
         (lambda a: a.X.data.__setitem__(0, np.nan), {}, ValueError, "NaN"),
         (lambda a: a.X.data.__setitem__(0, np.inf), {}, ValueError, "inf"),
         (lambda a: a.X.data.__setitem__(0, -1.0), {}, ValueError, "negative"),
-        (lambda a: a.obs.__setitem__("bulk_labels", a.obs["bulk_labels"].cat.add_categories("x").where(
-            np.arange(a.n_obs) > 0)), {}, ValueError, "missing labels"),
+        (_drop_first_label, {}, ValueError, "missing labels"),
         (lambda a: a.varp.__setitem__("gene_graph", sp.csr_matrix((a.n_vars, a.n_vars), dtype=np.float32)),
-         {}, ValueError, "no edges"),
+         {}, ValueError, "no edge"),
     ],
 )
 def test_setup_anndata_bad_input(pbmc, mutate, kwargs, error, match):
@@ -206,3 +213,98 @@ def test_seeded_training_is_reproducible(pbmc):
         model.train(max_epochs=1, enable_progress_bar=False)
         preds.append(model.get_latent_representation(ref))
     np.testing.assert_allclose(preds[0], preds[1], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ save / load (scvi-tools conventions)
+def test_save_load_keeps_history_graph_and_prefix(trained, tmp_path):
+    model, ref, query = trained
+    model.save(tmp_path, prefix="ppr_", save_anndata=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ppr_adata.h5ad", "ppr_model.json", "ppr_model.safetensors"]
+    loaded = gh.GenoHoptionModel.load(tmp_path, prefix="ppr_")
+    assert set(loaded.history_) == set(model.history_)
+    for key in model.history_:
+        np.testing.assert_allclose(loaded.history_[key].to_numpy(dtype=float), model.history_[key].to_numpy(dtype=float))
+    n_edges = int(model.module.graph_indices.numel())
+    assert n_edges > 0 and loaded.module.n_edges == n_edges
+    assert f"graph edges={n_edges}" in loaded._model_summary_string  # what repr(model) prints
+    # the saved AnnData came back registered: training can go on
+    assert loaded.adata is not None and loaded.adata.n_obs == ref.n_obs and loaded.adata_manager is not None
+    loaded.train(max_epochs=1, batch_size=32, enable_progress_bar=False)
+
+
+def test_saved_files_follow_umask(trained, tmp_path):
+    model, _, _ = trained
+    old = os.umask(0o022)
+    try:
+        model.save(tmp_path / "m")
+    finally:
+        os.umask(old)
+    for name in ("model.safetensors", "model.json"):
+        assert stat.S_IMODE((tmp_path / "m" / name).stat().st_mode) == 0o644
+
+
+def test_load_keeps_saved_label_order(trained, tmp_path):
+    model, _, query = trained
+    model.save(tmp_path / "m")
+    q = query.copy()
+    cats = list(q.obs["bulk_labels"].cat.categories)
+    q.obs["bulk_labels"] = q.obs["bulk_labels"].cat.reorder_categories(cats[::-1])
+    loaded = gh.GenoHoptionModel.load(tmp_path / "m", adata=q)
+    assert loaded.adata_manager is not None  # registered with the saved registry
+    np.testing.assert_array_equal(loaded.labels, model.labels)
+    expected = model.predict(query.copy())
+    np.testing.assert_array_equal(loaded.predict(q).astype(str), expected.astype(str))
+
+
+@pytest.mark.parametrize("kind", ["new_type", "view", "one_type", "no_labels"])
+def test_load_with_awkward_query(trained, tmp_path, kind):
+    model, _, query = trained
+    model.save(tmp_path / "m")
+    q = query.copy()
+    if kind == "new_type":
+        q.obs["bulk_labels"] = q.obs["bulk_labels"].cat.add_categories("Unseen type")
+        q.obs.iloc[0, q.obs.columns.get_loc("bulk_labels")] = "Unseen type"
+    elif kind == "view":
+        q = query[: query.n_obs // 2]
+    elif kind == "one_type":
+        first = q.obs["bulk_labels"].iloc[0]
+        q = q[q.obs["bulk_labels"] == first].copy()
+    else:
+        del q.obs["bulk_labels"]
+    loaded = gh.GenoHoptionModel.load(tmp_path / "m", adata=q)
+    assert (loaded.adata_manager is not None) == (kind == "one_type")
+    pred = loaded.predict(q.copy() if kind == "view" else q)
+    assert len(pred) == q.n_obs and set(pred.astype(str)) <= set(model.labels)
+
+
+def test_load_without_data_cannot_train(trained, tmp_path):
+    model, _, _ = trained
+    model.save(tmp_path / "m")
+    loaded = gh.GenoHoptionModel.load(tmp_path / "m")
+    with pytest.raises(ValueError, match="adata=reference"):
+        loaded.train(max_epochs=1)
+
+
+def test_load_detects_damaged_weights(trained, tmp_path):
+    model, _, _ = trained
+    model.save(tmp_path / "m")
+    path = tmp_path / "m" / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x40  # one flipped bit in the last tensor
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checksum"):
+        gh.GenoHoptionModel.load(tmp_path / "m")
+
+
+def test_mudata_rna_modality_is_accepted(trained):
+    mudata = pytest.importorskip("mudata")
+    mudata.set_options(pull_on_update=False)  # the behaviour mudata 0.4 makes the default
+    model, _, query = trained
+    mdata = mudata.MuData({"rna": query.copy()})
+    pred = model.predict(mdata)
+    assert "genohoption_prediction" in mdata.mod["rna"].obs
+    np.testing.assert_array_equal(pred.astype(str), model.predict(query.copy()).astype(str))
+    with pytest.raises(KeyError, match="'rna' modality"):
+        model.predict(mudata.MuData({"atac": query.copy()}))
+    with pytest.raises(TypeError, match="AnnData"):
+        model.predict(query.X)

@@ -110,7 +110,7 @@ def test_save_load_round_trip(trained, tmp_path):
     expected = model.predict_perturbation(ctrl, cond)
     model.save(tmp_path / "m")
     loaded = gh.GenoHoptionModel.load(tmp_path / "m")
-    assert loaded.is_perturbation_model
+    assert loaded.task == "perturbation"
     np.testing.assert_allclose(loaded.predict_perturbation(ctrl, cond), expected, atol=1e-6)
     np.testing.assert_array_equal(loaded.module.control_mean.numpy(), model.module.control_mean.cpu().numpy())
 

@@ -162,7 +162,7 @@ def test_scgpt_dense_reproduces_reference(adata, tmp_path, flash, category):
     x = torch.from_numpy(adata.X[:10])
     with torch.no_grad():
         h, tok = module.encode_tokens(x)
-        logits = module.inference(x)["logits"]
+        logits = module(x)["logits"]
         # reference inputs built independently: symbols → vocab, scGPT binning over in-vocabulary genes
         in_vocab = np.array([g in vocab for g in adata.var_names])
         genes = tok.genes.numpy()
@@ -198,7 +198,7 @@ def test_scgpt_sparse_reuses_every_pretrained_weight(adata, tmp_path, attention)
         else:
             assert k.startswith("decoder."), k
     with torch.no_grad():
-        out = model.module.eval().inference(torch.from_numpy(adata.X[:6]))
+        out = model.module.eval()(torch.from_numpy(adata.X[:6]))
     assert torch.isfinite(out["logits"]).all()
 
 
@@ -341,7 +341,7 @@ def test_geneformer_dense_reproduces_bert(adata, tmp_path, special, weights):
     x = torch.from_numpy(adata.X[:8])
     with torch.no_grad():
         h, tok = module.encode_tokens(x)
-        z = module.inference(x)["z"]
+        z = module(x)["z"]
     # reference: Geneformer tokens from the dictionaries, then BERT
     tokens = pickle.loads((tmp_path / "gf" / "token_dictionary.pkl").read_bytes())
     ids = np.full(tok.genes.shape, 0)

@@ -11,14 +11,18 @@ from ._pretrained import (
     map_genes,
     read_pretrained,
 )
+from ._training import ClassificationTrainingPlan, RegressionTrainingPlan, RestoreBestWeights
 
 __all__ = [
     "CheckpointError",
+    "ClassificationTrainingPlan",
     "GeneMapping",
     "GenoHoptionModel",
     "PreciseBatchNorm",
     "PretrainedCheckpoint",
     "PretrainedReport",
+    "RegressionTrainingPlan",
+    "RestoreBestWeights",
     "load_pretrained_weights",
     "map_genes",
     "read_pretrained",

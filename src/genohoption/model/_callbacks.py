@@ -1,9 +1,10 @@
-"""Lightning callbacks used by :meth:`GenoHoptionModel.train`."""
+"""The BatchNorm-statistics callback used by :meth:`GenoHoptionModel.train`."""
 
 from __future__ import annotations
 
 import torch
 from lightning.pytorch.callbacks import Callback
+from scvi import REGISTRY_KEYS
 from torch import nn
 
 __all__ = ["PreciseBatchNorm"]
@@ -18,19 +19,23 @@ class PreciseBatchNorm(Callback):
 
     BatchNorm layers keep exponential moving averages of their batch statistics during training. When the
     features they normalise drift quickly (a model trained from scratch at a high learning rate), those
-    averages lag the weights: on the 6-epoch toy training of the test suite the stored means were 1.5-6.7
-    standard deviations off the actual ones, and query accuracy swung between 0.18 and 0.71 from seed to
-    seed. This callback resets the statistics and re-estimates them, with the model in evaluation mode
-    (no dropout, deterministic tokens) except the BatchNorm layers, from up to ``max_batches`` training
-    minibatches without gradients ("precise BN", Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021,
-    sec. 3). The random number generators are forked, so training itself is unchanged: only the
-    statistics used at inference differ.
+    averages lag the weights, and predictions made with them (and the validation loss that early stopping
+    and :class:`RestoreBestWeights` read) are erratic. This callback resets the statistics and
+    re-estimates them, with the model in evaluation mode (no dropout, deterministic tokens) except the
+    BatchNorm layers, from up to ``max_batches`` training minibatches without gradients ("precise BN",
+    Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021, sec. 3). The random number generators are
+    forked, so training itself is unchanged: only the statistics used at inference differ. A module
+    without BatchNorm is left alone.
 
     Parameters
     ----------
     max_batches
-        Training minibatches averaged (default 8: 256-512 cells at batch size 32-64; the mean of a
-        standardised feature is then known to ~0.06 standard deviations, against lags of 1.5-6.7).
+        Training minibatches averaged (default 8).
+
+    Raises
+    ------
+    ValueError
+        If ``max_batches < 1``.
     """
 
     def __init__(self, max_batches: int = 8):
@@ -69,9 +74,9 @@ class PreciseBatchNorm(Callback):
                 for i, batch in enumerate(loader):
                     if i == self.max_batches:
                         break
-                    inputs = module._get_inference_input(batch)
-                    if next(iter(inputs.values())).shape[0] > 1:  # batch statistics need two cells
-                        module.inference(**inputs)
+                    x = batch[REGISTRY_KEYS.X_KEY]
+                    if x.shape[0] > 1:  # batch statistics need two cells
+                        module(x.to(module.device))
         finally:
             for bn, momentum in zip(norms, momenta, strict=True):
                 bn.momentum = momentum

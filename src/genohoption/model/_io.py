@@ -1,32 +1,47 @@
-"""Safe save / load of models: safetensors for weights, JSON for everything else (no pickle)."""
+"""Safe save / load of models: safetensors for weights, JSON for everything else (no pickle).
+
+A saved model is two files in a directory, ``{prefix}model.safetensors`` (the module's tensors) and
+``{prefix}model.json`` (class, init parameters, scvi-tools registry, training history and the sha256 of
+the weights file), plus ``{prefix}adata.h5ad`` when the training data are saved with it.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as dump_tensors
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
+ADATA_FILE = "adata.h5ad"
+FORMAT_VERSION = 2
 
 
 def _encode(obj: Any) -> Any:
-    """Make a registry / init-params structure JSON-able, tagging numpy arrays to restore them."""
+    """Make a registry / init-params / history structure JSON-able, tagging arrays and tables."""
     if isinstance(obj, dict):
         return {str(k): _encode(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [_encode(v) for v in obj]
     if isinstance(obj, np.ndarray):
         return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
+    if isinstance(obj, pd.DataFrame):
+        return {"__dataframe__": {"index": _encode(obj.index.tolist()), "columns": [str(c) for c in obj.columns],
+                                  "values": _encode(obj.to_numpy().tolist())}}
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return {"__float__": repr(obj)}
     if obj is None or isinstance(obj, str | int | float | bool):
         return obj
     raise TypeError(f"Cannot save a value of type {type(obj).__name__} in {META_FILE}: {obj!r}")
@@ -37,41 +52,97 @@ def _decode(obj: Any) -> Any:
         if "__ndarray__" in obj:
             dtype = obj["dtype"]
             return np.asarray(obj["__ndarray__"], dtype=object if dtype == "object" else dtype)
+        if "__dataframe__" in obj:
+            df = obj["__dataframe__"]
+            return pd.DataFrame(_decode(df["values"]), index=_decode(df["index"]), columns=df["columns"])
+        if "__float__" in obj:
+            return float(obj["__float__"])
         return {k: _decode(v) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_decode(v) for v in obj]
     return obj
 
 
-def save_model_files(dir_path: str | os.PathLike, state_dict: dict, meta: dict, *, overwrite: bool) -> None:
-    """Write ``model.safetensors`` and ``model.json`` into ``dir_path``.
+def _write(path: Path, data: bytes) -> None:
+    """Write ``data`` atomically with the user's umask (a temporary file in the same directory, renamed)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def file_paths(dir_path: str | os.PathLike, prefix: str | None) -> dict[str, Path]:
+    """Paths of the weights, metadata and AnnData files of a saved model."""
+    path, prefix = Path(dir_path), prefix or ""
+    return {"weights": path / f"{prefix}{WEIGHTS_FILE}", "meta": path / f"{prefix}{META_FILE}",
+            "adata": path / f"{prefix}{ADATA_FILE}"}
+
+
+def save_model_files(dir_path: str | os.PathLike, state_dict: dict[str, torch.Tensor], meta: dict, *,
+                     prefix: str | None = None, overwrite: bool = False) -> dict[str, Path]:
+    """Write the weights and the metadata (with the weights' sha256) into ``dir_path``.
+
+    Returns
+    -------
+    The paths (see :func:`file_paths`).
 
     Raises
     ------
     FileExistsError
-        If the directory holds a saved model and ``overwrite`` is false.
+        If the directory holds a model saved with this prefix and ``overwrite`` is false, or
+        ``dir_path`` is a file.
     """
+    paths = file_paths(dir_path, prefix)
     path = Path(dir_path)
-    if (path / WEIGHTS_FILE).exists() and not overwrite:
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} is a file; pass a directory to save the model in.")
+    if (paths["weights"].exists() or paths["meta"].exists()) and not overwrite:
         raise FileExistsError(f"{path} already holds a saved model; pass overwrite=True to replace it.")
     path.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    save_file(tensors, str(path / WEIGHTS_FILE))
-    (path / META_FILE).write_text(json.dumps(_encode(meta), indent=1))
+    data = dump_tensors({k: v.detach().cpu().contiguous() for k, v in state_dict.items()})
+    meta = {**meta, "format_version": FORMAT_VERSION, "weights_sha256": hashlib.sha256(data).hexdigest()}
+    text = json.dumps(_encode(meta), indent=1, allow_nan=False)
+    _write(paths["weights"], data)
+    _write(paths["meta"], text.encode())
+    return paths
 
 
-def load_model_files(dir_path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read what :func:`save_model_files` wrote.
+def load_model_files(dir_path: str | os.PathLike, prefix: str | None = None
+                     ) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read what :func:`save_model_files` wrote, checking the weights against their sha256.
 
     Raises
     ------
     FileNotFoundError
         If either file is missing.
+    ValueError
+        If a file is damaged (not JSON, not safetensors, or weights whose checksum differs).
     """
-    path = Path(dir_path)
-    for name in (WEIGHTS_FILE, META_FILE):
-        if not (path / name).is_file():
+    paths = file_paths(dir_path, prefix)
+    for key in ("weights", "meta"):
+        if not paths[key].is_file():
             raise FileNotFoundError(
-                f"{path / name} not found: pass the directory written by GenoHoptionModel.save()."
+                f"{paths[key]} not found: pass the directory (and prefix) written by GenoHoptionModel.save()."
             )
-    return load_file(str(path / WEIGHTS_FILE)), _decode(json.loads((path / META_FILE).read_text()))
+    try:
+        meta = _decode(json.loads(paths["meta"].read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{paths['meta']} is damaged ({e}); save the model again.") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{paths['meta']} is damaged (not a JSON object); save the model again.")
+    data = paths["weights"].read_bytes()
+    expected = meta.get("weights_sha256")
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise ValueError(
+            f"{paths['weights']} does not match the checksum recorded in {paths['meta'].name}: the weights "
+            "are damaged or were replaced; save the model again."
+        )
+    try:
+        state = load_tensors(data)
+    except Exception as e:  # safetensors raises its own error type for damaged headers
+        raise ValueError(f"{paths['weights']} is not a valid safetensors file ({e}); save the model again.") from None
+    return state, meta

@@ -5,26 +5,25 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
-import torch
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
-from scvi.data.fields import CategoricalObsField, LayerField
-from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
-from scvi.utils import setup_anndata_dsp
+from scvi.model._utils import parse_device_args
+from scvi.model.base import BaseModelClass
+from scvi.train import TrainRunner
 
 from .. import _constants as K
-from ..module import AnnotationModule
+from .._validate import as_anndata, check_csr_structure, check_graph
+from ..nn._heads import INPUT_NORMS
 from ._callbacks import PreciseBatchNorm
-from ._io import load_model_files, save_model_files
-from ._perturbation import PerturbationMixin
-from ._pretrained import load_pretrained_weights, map_genes, read_pretrained
-from ._validate import check_graph, check_labels, check_unique_var_names, check_values, get_matrix
+from ._io import file_paths, load_model_files, save_model_files
+from ._pretrained import map_genes, read_pretrained
+from ._task import task_class
+from ._training import RestoreBestWeights
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -34,23 +33,29 @@ logger = logging.getLogger(__name__)
 Attention = Literal["ppr", "heat", "mask", "dense"]
 
 
-class GenoHoptionModel(PerturbationMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class GenoHoptionModel(BaseModelClass):
     """Single-cell transformer whose attention runs on a gene graph, widened by graph diffusion.
 
     GenoHoption (Cheng et al., "Bridging Gene Network Graphs and Single-Cell Foundation Models"):
     each cell is a sequence of its expressed genes plus a CLS token; self-attention is restricted to
     the edges of the gene graph induced on the cell's genes (Seq2Graph, eq. 4) and widened by ``n_hops``
     steps of personalized-PageRank (eqs. 6, 8) or heat-kernel (eqs. 7, 10) diffusion over the
-    attention matrix. The backbone is scGPT-style (gene embedding + value encoder, post-LN layers,
-    classifier on the CLS embedding), trained from scratch.
+    attention matrix. The backbone is scGPT-style (gene embedding + value encoder, post-LN layers) or
+    Geneformer-style, trained from scratch or loaded from an official checkpoint (``pretrained=``).
+
+    The task is chosen by :meth:`setup_anndata`: cell-type annotation (``labels_key``; :meth:`predict`,
+    :meth:`get_latent_representation`) or genetic perturbation prediction (``perturbation_key``;
+    :meth:`predict_perturbation`).
 
     Parameters
     ----------
     adata
-        AnnData registered with :meth:`setup_anndata`, ``(n_obs, n_vars)``.
+        AnnData registered with :meth:`setup_anndata`, ``(n_obs, n_vars)`` (or a MuData whose ``"rna"``
+        modality was registered).
     backbone
         ``"scgpt"`` (gene embedding + value encoder, CLS embedding) or ``"geneformer"`` (BERT on
-        rank-value encoded genes, mean-pooled embedding; expects raw counts).
+        rank-value encoded genes, mean-pooled embedding; expects raw counts). Perturbation models use
+        ``"scgpt"``.
     attention
         ``"ppr"`` (GenoHoption-p), ``"heat"`` (GenoHoption-h), ``"mask"`` (one hop of masked attention,
         the paper's "w/o iter" ablation) or ``"dense"`` (ordinary full attention, the baseline).
@@ -66,17 +71,17 @@ class GenoHoptionModel(PerturbationMixin, UnsupervisedTrainingMixin, BaseModelCl
         Width, attention heads, layers and feed-forward width of the backbone. The defaults are a
         small model that trains on 2 CPU cores in minutes.
     dropout
-        Dropout probability (default 0: with a model trained from scratch on a few hundred cells,
-        dropout's noise on the shared CLS embedding drowned the ~1% differences between cells and
-        slowed learning; scGPT fine-tunes pretrained weights with 0.2).
+        Dropout probability (default 0, for small models trained from scratch; scGPT fine-tunes
+        pretrained weights with 0.2).
     max_seq_len
         Maximum tokens per cell, CLS included; cells with more expressed genes keep a random subset
         during training and their most expressed genes at inference.
     n_cls_layers
         Layers of the classifier head.
-    loss
-        Perturbation models only: ``"mse"`` (scGPT, default) or ``"gears"`` (GEARS autofocus +
-        direction loss); see :class:`~genohoption.module.PerturbationModule`.
+    cls_input_norm
+        Normalisation of the cell embedding before the classifier (:class:`~genohoption.nn.ClsDecoder`):
+        ``"batch"`` (default; BatchNorm whose statistics :class:`~genohoption.model.PreciseBatchNorm`
+        re-estimates during training; any minibatch size works), ``"layer"`` (per cell) or ``None``.
     pretrained
         Directory of an official checkpoint of ``backbone`` (scGPT: ``best_model.pt``, ``args.json``,
         ``vocab.json``; Geneformer: Hugging Face BERT directory with its token and gene-median
@@ -85,7 +90,7 @@ class GenoHoptionModel(PerturbationMixin, UnsupervisedTrainingMixin, BaseModelCl
         ``n_layers``, ``d_hid``, ``n_cls_layers``) come from the checkpoint and the arguments are
         ignored. What was loaded is in :attr:`pretrained_report_`. scGPT's classifier
         (``cls_decoder``) is reused when it has one output per cell type; otherwise a new head is
-        trained, with its input standardised (see :class:`~genohoption.nn.ClsDecoder`).
+        trained, with a normalised input.
     gene_symbols
         Column of ``adata.var`` with the gene identifiers to match against the pretrained vocabulary
         (scGPT: symbols; Geneformer: Ensembl ids, or symbols translated with ``gene_name_id_dict.pkl``);
@@ -93,18 +98,25 @@ class GenoHoptionModel(PerturbationMixin, UnsupervisedTrainingMixin, BaseModelCl
     backbone_config
         Architecture of a pretrained backbone; set by ``pretrained`` and restored by :meth:`load`, not
         meant to be given by hand.
+    loss
+        Perturbation models only: ``"mse"`` (scGPT, default) or ``"gears"`` (GEARS autofocus +
+        direction loss); see :class:`~genohoption.module.PerturbationModule`.
 
     Attributes
     ----------
     pretrained_report_
         :class:`~genohoption.model.PretrainedReport` (matched / missing / unexpected keys, shape
         mismatches, genes matched) when ``pretrained`` was given, else ``None``.
+    history_
+        Per-epoch training metrics (dict of DataFrames): ``train_loss``, ``validation_loss``, and for
+        annotation ``train_accuracy``, ``validation_accuracy``, ``validation_macro_f1``; for
+        perturbation ``train_mse``, ``validation_mse``.
 
     Raises
     ------
     ValueError
-        For an unknown ``backbone`` / ``attention``, ``max_seq_len < 2`` or non-positive sizes, or when
-        no gene matches the pretrained vocabulary.
+        For an unknown ``backbone`` / ``attention``, ``max_seq_len < 2`` or non-positive sizes, a sparse
+        attention without a gene graph, or when no gene matches the pretrained vocabulary.
     FileNotFoundError
         If a file of the ``pretrained`` checkpoint is missing.
     genohoption.model.CheckpointError
@@ -121,8 +133,6 @@ class GenoHoptionModel(PerturbationMixin, UnsupervisedTrainingMixin, BaseModelCl
     >>> model.train(max_epochs=10)
     >>> model.predict(query)  # query.obs["genohoption_prediction"]
     """
-
-    _module_cls = AnnotationModule
 
     def __init__(
         self,
@@ -141,21 +151,17 @@ class GenoHoptionModel(PerturbationMixin, UnsupervisedTrainingMixin, BaseModelCl
         dropout: float = 0.0,
         max_seq_len: int = 512,
         n_cls_layers: int = 3,
+        cls_input_norm: Literal["batch", "layer"] | None = "batch",
         pretrained: str | os.PathLike | None = None,
         gene_symbols: str | None = None,
         backbone_config: dict | None = None,
         loss: Literal["mse", "gears"] = "mse",
         registry: dict | None = None,
     ):
-        if backbone not in ("scgpt", "geneformer"):
-            raise ValueError(f"backbone={backbone!r} is not available; use 'scgpt' or 'geneformer'.")
-        if attention not in K.ATTENTIONS:
-            raise ValueError(f"attention={attention!r} is unknown; choose one of {K.ATTENTIONS}.")
-        if max_seq_len < 2:
-            raise ValueError(f"max_seq_len must be at least 2 (CLS plus one gene), got {max_seq_len}.")
-        if min(d_model, n_heads, n_layers, d_hid, n_hops) < 1 or d_model % n_heads:
-            raise ValueError("d_model, n_heads, n_layers, d_hid and n_hops must be positive, "
-                             f"and n_heads must divide d_model (got d_model={d_model}, n_heads={n_heads}).")
+        _check_init_args(backbone, attention, max_seq_len, d_model, n_heads, n_layers, d_hid, n_hops,
+                         cls_input_norm)
+        if adata is not None:
+            adata = as_anndata(adata)
         checkpoint = genes = None
         if pretrained is not None:
             if adata is None:
@@ -168,69 +174,27 @@ class GenoHoptionModel(PerturbationMixin, UnsupervisedTrainingMixin, BaseModelCl
             backbone_config = {**checkpoint.backbone_config, "n_genes_matched": genes.n_matched}
         super().__init__(adata, registry=registry)
         self.init_params_ = self._get_init_params(locals())
-        self.init_params_["non_kwargs"].pop("registry", None)
-        self.init_params_["kwargs"].pop("registry", None)
+        for part in ("non_kwargs", "kwargs"):
+            self.init_params_[part].pop("registry", None)
         self.init_params_["non_kwargs"]["pretrained"] = None  # the architecture travels in backbone_config
-        if checkpoint is not None:  # scGPT's classifier is reused as is when it fits; a new head standardises
-            head = checkpoint.state_dict.get("cls_decoder.out_layer.weight")
-            backbone_config["cls_input_norm"] = head is None or head.shape[0] != self.summary_stats.n_labels
+        self._task = task_class(self.registry_["setup_args"])(self)
+        graph = None
         if adata is not None:
             graph_key = self.registry_["setup_args"]["graph_key"]
-            graph = (
-                check_graph(adata, graph_key) if graph_key is not None else sp.csr_matrix((adata.n_vars,) * 2)
-            )
-            indptr, indices = torch.from_numpy(graph.indptr), torch.from_numpy(graph.indices)
-        else:  # filled by load()
-            indptr, indices = torch.zeros(self.summary_stats.n_vars + 1, dtype=torch.int64), torch.zeros(0)
-        if self.is_perturbation_model:  # set up with perturbation_key: PerturbationModule (model/_perturbation.py)
-            params = {**self.init_params_["non_kwargs"], **self.init_params_["kwargs"], "pretrained": pretrained}
-            self._init_perturbation(adata, indptr, indices, params)
-            return
-        self.module = self._module_cls(
-            n_genes=self.summary_stats.n_vars,
-            n_labels=self.summary_stats.n_labels,
-            graph_indptr=indptr,
-            graph_indices=indices,
-            max_seq_len=max_seq_len,
-            n_cls_layers=(backbone_config or {}).get("n_cls_layers", n_cls_layers),
-            cls_input_norm=(backbone_config or {}).get("cls_input_norm", backbone_config is None),
-            backbone=backbone,
-            backbone_config=backbone_config,
-            d_model=d_model,
-            n_heads=n_heads,
-            n_layers=n_layers,
-            d_hid=d_hid,
-            dropout=dropout,
-            attention=attention,
-            n_hops=n_hops,
-            alpha=alpha,
-            t=t,
-            normalize=normalize_heat,
-        )
-        self.pretrained_report_ = None
-        if checkpoint is not None:
-            self.pretrained_report_ = load_pretrained_weights(self.module, checkpoint, genes)
-        if backbone == "geneformer" and adata is not None:
-            sample = get_matrix(adata, self.registry_["setup_args"]["layer"])[:200]
-            sample = sample.data if sp.issparse(sample) else np.asarray(sample)
-            if sample.size and not np.allclose(sample, np.round(sample)):
-                warnings.warn(
-                    "backbone='geneformer' ranks genes by normalised raw counts, but the registered matrix is "
-                    "not integer: register a counts layer with setup_anndata(adata, layer='counts').",
-                    UserWarning,
-                    stacklevel=2,
+            if graph_key is None and attention != "dense":
+                raise ValueError(
+                    f"attention={attention!r} runs on a gene graph, but setup_anndata was called with graph_key=None; "
+                    "build one with gh.pp.build_gene_graph(adata) and set up again, or use attention='dense'."
                 )
-        source = f", pretrained={backbone_config['source']}" if backbone_config else ""
-        self._model_summary_string = (
-            f"GenoHoptionModel: backbone={backbone}{source}, attention={attention}, n_hops={n_hops}, "
-            f"alpha={alpha}, t={t}, d_model={self.module.backbone.d_model}, "
-            f"genes={self.summary_stats.n_vars}, cell types={self.summary_stats.n_labels}, "
-            f"graph edges={int(indices.numel())}"
-        )
+            graph = check_graph(adata, graph_key) if graph_key is not None else None
+        self.pretrained_report_ = None
+        self.module = self._task.build_module(adata, graph, self.params, checkpoint=checkpoint, genes=genes)
+        if checkpoint is not None:  # the head decision is part of the architecture: save it
+            self.init_params_["non_kwargs"]["backbone_config"] = self.params["backbone_config"]
+        self._model_summary_string = self._task.summary()
 
-    # ------------------------------------------------------------------ setup
+    # ------------------------------------------------------------------ set-up
     @classmethod
-    @setup_anndata_dsp.dedent
     def setup_anndata(
         cls,
         adata: AnnData,
@@ -242,63 +206,94 @@ class GenoHoptionModel(PerturbationMixin, UnsupervisedTrainingMixin, BaseModelCl
         gene_symbols: str | None = None,
         **kwargs,
     ) -> None:
-        """Register an AnnData for training (scvi-tools ``setup_anndata``).
+        """Register an AnnData for training and choose the task (scvi-tools ``setup_anndata``).
 
         Everything is checked before anything is registered, so a failing call leaves ``adata``
         unchanged. On success scvi-tools records the registry in ``adata.uns["_scvi_uuid"]`` and
-        ``adata.uns["_scvi_manager_uuid"]``.
+        ``adata.uns["_scvi_manager_uuid"]`` and the label codes in ``adata.obs``.
 
         Parameters
         ----------
         adata
-            Reference data, ``(n_obs, n_vars)``: counts or log-normalised expression, non-negative.
+            Reference data, ``(n_obs, n_vars)``: counts or log-normalised expression, non-negative. A
+            MuData stands for its ``"rna"`` modality.
         layer
             Layer with the expression; ``None`` uses ``adata.X``.
         labels_key
-            Column of ``adata.obs`` with the cell types to learn.
+            Column of ``adata.obs`` with the cell types to learn (annotation task).
         graph_key
             Key of ``adata.varp`` with the gene graph (written by :func:`genohoption.pp.build_gene_graph`);
             ``None`` only for ``attention="dense"``.
         perturbation_key
             Column of ``adata.obs`` with GEARS perturbation conditions (``"ctrl"``, ``"A+ctrl"``,
-            ``"ctrl+A"``, ``"A+B"``; Roohani et al. 2023). When given, the model predicts perturbed
-            expression (:meth:`predict_perturbation`) and ``labels_key`` is not used. Training pairs each
-            cell (the target) with a random control cell (the input), drawn anew for every minibatch
-            (:class:`~genohoption.data.PerturbationDataSplitter`). Perturbed genes must be among the
-            measured genes.
+            ``"ctrl+A"``, ``"A+B"``; Roohani et al. 2023). When given, the task is perturbation
+            prediction (:meth:`predict_perturbation`) and ``labels_key`` is not used. Training pairs each
+            cell (the target) with a random control cell (the input), drawn anew for every minibatch.
+            Perturbed genes must be among the measured genes.
         control_value
             The control condition in ``perturbation_key``.
         gene_symbols
             Column of ``adata.var`` with the gene symbols the conditions use (GEARS files: ``"gene_name"``;
             ``var_names`` are Ensembl ids there); ``None`` matches conditions against ``var_names``.
+        **kwargs
+            Passed to :meth:`scvi.data.AnnDataManager.register_fields` (``source_registry`` when a saved
+            model's registry is transferred by :meth:`load`).
 
         Raises
         ------
+        TypeError
+            If ``adata`` is not an AnnData / MuData.
         KeyError
             If ``labels_key``, ``graph_key``, ``layer``, ``perturbation_key`` or ``gene_symbols`` is
             missing, or a perturbed gene is not measured.
         ValueError
             For duplicated ``var_names``, NaN / inf / negative expression, missing labels, fewer than two
-            cell types, an empty graph, malformed conditions or no control cell.
+            cell types, an invalid graph, malformed conditions or no control cell.
         """
         setup_method_args = cls._get_setup_method_args(**locals())
-        if perturbation_key is not None:  # perturbation model (model/_perturbation.py)
-            cls._setup_perturbation(adata, layer=layer, perturbation_key=perturbation_key, control_value=control_value,
-                                    gene_symbols=gene_symbols, graph_key=graph_key,
-                                    setup_method_args=setup_method_args, **kwargs)
-            return
-        check_unique_var_names(adata)
-        check_values(get_matrix(adata, layer), f"adata.layers[{layer!r}]" if layer else "adata.X")
-        check_labels(adata, labels_key)
-        if graph_key is not None:
-            check_graph(adata, graph_key)
-        fields = [
-            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
-            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
-        ]
+        adata = as_anndata(adata)
+        setup_args = setup_method_args["setup_args"]
+        fields = task_class(setup_args).setup_fields(adata, transfer="source_registry" in kwargs, **setup_args)
         manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         manager.register_fields(adata, **kwargs)
         cls.register_manager(manager)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def params(self) -> dict[str, Any]:
+        """The model's construction parameters (``init_params_`` flattened)."""
+        return {**self.init_params_["non_kwargs"], **self.init_params_["kwargs"]}
+
+    @property
+    def task(self) -> str:
+        """``"annotation"`` or ``"perturbation"`` (chosen by :meth:`setup_anndata`)."""
+        return self._task.name
+
+    @property
+    def var_names(self) -> pd.Index:
+        """Genes the model was trained on, in model order (as strings)."""
+        names = self.registry_["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"]["column_names"]
+        return pd.Index(np.asarray(names, dtype=str))
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Cell types the classifier predicts, in logit order (annotation models)."""
+        return self._task.labels
+
+    def _query(self, adata: AnnData | None) -> AnnData:
+        """The data to run inference on: ``adata`` (AnnData / MuData) or the model's own."""
+        if adata is None:
+            if self.adata is None:
+                raise ValueError("This model holds no data: pass the AnnData to predict on, e.g. model.predict(adata).")
+            adata = self.adata
+        adata = as_anndata(adata)
+        if not self.is_trained_ and self.pretrained_report_ is None:
+            warnings.warn(
+                "The model has not been trained (its weights are random): call model.train() first.",
+                UserWarning,
+                stacklevel=4,
+            )
+        return adata
 
     # ------------------------------------------------------------------ training
     def train(
@@ -309,21 +304,24 @@ class GenoHoptionModel(PerturbationMixin, UnsupervisedTrainingMixin, BaseModelCl
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         train_size: float = 0.9,
+        validation_size: float | None = None,
         early_stopping: bool = True,
         early_stopping_patience: int = 3,
+        restore_best_weights: bool = True,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
+        datasplitter_kwargs: dict | None = None,
         plan_kwargs: dict | None = None,
         **trainer_kwargs,
     ):
         """Train with scvi-tools' :class:`~scvi.train.TrainRunner` and Lightning.
 
-        A random ``1 - train_size`` of the cells is held out for validation; training stops early when
-        ``validation_loss`` (cross-entropy) stops improving. Losses and accuracies per epoch are in
-        :attr:`history_` (``train_loss``, ``validation_loss``, ``accuracy_train``,
-        ``accuracy_validation``). The statistics of the classifier's input BatchNorm are re-estimated with
-        the current weights before every validation and at the end (:class:`~genohoption.model.PreciseBatchNorm`;
-        the moving averages lag a model trained from scratch and made its predictions erratic).
+        A random ``1 - train_size`` of the cells is held out for validation (split seeded by
+        ``scvi.settings.seed``). Training stops early when ``validation_loss`` has not improved for
+        ``early_stopping_patience`` epochs, and the weights of the best validation epoch are restored
+        at the end. The statistics of the classifier's BatchNorm are re-estimated with the current
+        weights before every validation and at the end (:class:`~genohoption.model.PreciseBatchNorm`).
+        Per-epoch metrics are in :attr:`history_`.
 
         Parameters
         ----------
@@ -333,113 +331,76 @@ class GenoHoptionModel(PerturbationMixin, UnsupervisedTrainingMixin, BaseModelCl
             Cells per minibatch.
         lr, weight_decay
             AdamW learning rate and weight decay.
-        train_size
-            Fraction of cells used for training, the rest validates.
+        train_size, validation_size
+            Fractions of cells for training and validation (scvi-tools
+            :class:`~scvi.dataloaders.DataSplitter`); ``train_size=1`` trains on every cell, with no
+            validation, early stopping or restore.
         early_stopping, early_stopping_patience
             Stop when the validation loss has not improved for this many epochs.
+        restore_best_weights
+            End with the weights of the epoch with the lowest validation loss
+            (:class:`~genohoption.model.RestoreBestWeights`).
         accelerator, devices
             Lightning accelerator and devices (``strategy=`` and other Trainer arguments go in
             ``trainer_kwargs``).
+        datasplitter_kwargs
+            Extra arguments of the data splitter.
         plan_kwargs
-            Extra arguments of :class:`scvi.train.TrainingPlan`.
+            Extra arguments of the training plan (:class:`~genohoption.model.ClassificationTrainingPlan`
+            or :class:`~genohoption.model.RegressionTrainingPlan`), e.g. ``optimizer``.
         **trainer_kwargs
-            Passed to :class:`scvi.train.Trainer` (Lightning).
+            Passed to :class:`scvi.train.Trainer` (Lightning), e.g. ``enable_progress_bar``,
+            ``enable_checkpointing``.
+
+        Raises
+        ------
+        ValueError
+            If the model holds no registered data (loaded without trainable data), or for non-positive
+            ``max_epochs`` / ``batch_size`` or a ``train_size`` outside ``(0, 1]``.
         """
-        plan = {"lr": lr, "weight_decay": weight_decay, "optimizer": "AdamW", **(plan_kwargs or {})}
-        trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
-        trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
+        if self.adata_manager is None:
+            raise ValueError(
+                "This model holds no registered training data (it was loaded without them): load it with "
+                "GenoHoptionModel.load(dir_path, adata=reference) where reference has the model's genes and labels."
+            )
+        for name, value in (("max_epochs", max_epochs), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if not 0 < train_size <= 1:
+            raise ValueError(f"train_size must be in (0, 1], got {train_size!r}.")
+        has_validation = train_size < 1 or (validation_size or 0) > 0
+        plan = self._task.training_plan(**{"lr": lr, "weight_decay": weight_decay, **(plan_kwargs or {})})
+        splitter = self._task.data_splitter_cls(
+            self.adata_manager, train_size=train_size, validation_size=validation_size, batch_size=batch_size,
+            **(datasplitter_kwargs or {}),
+        )
         callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
         if not any(isinstance(c, PreciseBatchNorm) for c in callbacks):
-            callbacks.append(PreciseBatchNorm())
-        trainer_kwargs["callbacks"] = callbacks
-        if train_size < 1:  # no validation loader otherwise
+            callbacks.append(PreciseBatchNorm())  # a no-op for modules without BatchNorm
+        if has_validation and restore_best_weights and not any(isinstance(c, RestoreBestWeights) for c in callbacks):
+            callbacks.append(RestoreBestWeights("validation_loss", "min"))
+        trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
+        trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
+        if has_validation:
             trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        return super().train(
+        trainer_kwargs.setdefault("log_every_n_steps", 1)  # metrics are logged per epoch; no warning for few batches
+        self.module.train()  # a loaded model is in evaluation mode
+        runner = TrainRunner(
+            self,
+            training_plan=plan,
+            data_splitter=splitter,
             max_epochs=max_epochs,
             accelerator=accelerator,
             devices=devices,
-            train_size=train_size,
-            batch_size=batch_size,
-            early_stopping=early_stopping and train_size < 1,
-            plan_kwargs=plan,
+            early_stopping=early_stopping and has_validation,
+            callbacks=callbacks,
             **trainer_kwargs,
         )
+        return runner()
 
     # ------------------------------------------------------------------ inference
-    @property
-    def var_names(self) -> pd.Index:
-        """Genes the model was trained on, in model order."""
-        names = self.registry_["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"]["column_names"]
-        return pd.Index(np.asarray(names, dtype=str))
-
-    @property
-    def labels(self) -> np.ndarray:
-        """Cell types the classifier predicts, in logit order."""
-        state = self.registry_["field_registries"][REGISTRY_KEYS.LABELS_KEY]["state_registry"]
-        return np.asarray(state["categorical_mapping"])
-
-    def _aligned_matrix(self, adata: AnnData, layer: str | None):
-        """Expression of ``adata`` in the model's gene order; genes missing from ``adata`` are zero."""
-        check_unique_var_names(adata)
-        X = get_matrix(adata, layer)
-        check_values(X, f"adata.layers[{layer!r}]" if layer else "adata.X")
-        ref = self.var_names
-        if adata.var_names.equals(ref):
-            return X
-        pos = adata.var_names.get_indexer(ref)
-        present = np.flatnonzero(pos >= 0)
-        if present.size == 0:
-            raise ValueError(
-                "The query has no gene in common with the genes the model was trained on "
-                f"(e.g. {ref[:3].tolist()} vs {adata.var_names[:3].tolist()}); check that both use the same "
-                "identifiers (symbols or Ensembl ids)."
-            )
-        if present.size < 0.5 * ref.size:
-            warnings.warn(
-                f"Only {present.size} of the model's {ref.size} genes are in the query; the rest are "
-                "treated as not expressed.",
-                UserWarning,
-                stacklevel=3,
-            )
-        # reorder query columns into model order with a selection matrix: no dense copy
-        select = sp.csr_matrix(
-            (np.ones(present.size, np.float32), (np.arange(present.size), present)),
-            shape=(present.size, ref.size),
-        )
-        return sp.csr_matrix(X)[:, pos[present]] @ select
-
-    def _batches(self, adata: AnnData | None, batch_size: int) -> Iterator[torch.Tensor]:
-        adata = self._check_query(adata)
-        X = self._aligned_matrix(adata, self.registry_["setup_args"]["layer"])
-        for start in range(0, X.shape[0], batch_size):
-            rows = X[start : start + batch_size]
-            rows = rows.toarray() if sp.issparse(rows) else np.asarray(rows)
-            yield torch.as_tensor(rows, dtype=torch.float32, device=self.device)
-
-    def _check_query(self, adata: AnnData | None) -> AnnData:
-        if adata is None:
-            if self.adata is None:
-                raise ValueError("Pass the AnnData to predict on: model.predict(adata).")
-            return self.adata
-        return adata
-
-    @torch.inference_mode()
-    def _forward(self, adata: AnnData | None, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.is_perturbation_model:
-            raise TypeError(
-                "This is a perturbation model (set up with perturbation_key=): use "
-                "model.predict_perturbation(ctrl_adata, 'A+B') instead of predict / get_latent_representation."
-            )
-        self.module.eval()
-        latents, probs = [], []
-        for x in self._batches(adata, batch_size):
-            out = self.module.inference(x)
-            latents.append(out["z"].float().cpu().numpy())
-            probs.append(torch.softmax(out["logits"].float(), -1).cpu().numpy())
-        return np.concatenate(latents), np.concatenate(probs)
-
     def get_latent_representation(self, adata: AnnData | None = None, *, batch_size: int = 128) -> np.ndarray:
-        """Cell embeddings: the CLS token's output of the last layer.
+        """Cell embeddings: the CLS token's output of the last layer (Geneformer: mean of gene tokens).
 
         Parameters
         ----------
@@ -452,20 +413,23 @@ class GenoHoptionModel(PerturbationMixin, UnsupervisedTrainingMixin, BaseModelCl
         -------
         ``(n_obs, d_model)`` float32 array; store it as ``adata.obsm["X_genohoption"]`` and use it with
         ``sc.pp.neighbors(adata, use_rep="X_genohoption")``.
-        """
-        return self._forward(adata, batch_size)[0]
 
-    def predict(
-        self,
-        adata: AnnData | None = None,
-        *,
-        batch_size: int = 128,
-        key_added: str = K.PREDICTION_KEY,
-    ) -> pd.Series:
+        Raises
+        ------
+        TypeError
+            For a perturbation model, or if ``adata`` is not an AnnData / MuData.
+        ValueError
+            If the query shares no gene with the model or holds NaN / negative values.
+        """
+        return self._task.get_latent_representation(adata, batch_size=batch_size)
+
+    def predict(self, adata: AnnData | None = None, *, batch_size: int = 128,
+                key_added: str = K.PREDICTION_KEY) -> pd.Series:
         """Predict cell types and write them to ``adata.obs``.
 
         Genes are matched to the model's genes by name: a query with reordered genes or a subset of
-        them is aligned (missing genes count as not expressed).
+        them is aligned (missing genes count as not expressed). Everything is computed before anything
+        is written.
 
         Parameters
         ----------
@@ -490,103 +454,204 @@ class GenoHoptionModel(PerturbationMixin, UnsupervisedTrainingMixin, BaseModelCl
 
         Raises
         ------
+        TypeError
+            For a perturbation model, if ``adata`` is not an AnnData / MuData, or if
+            ``adata.uns["genohoption"]`` is not a dict.
         ValueError
-            If the query shares no gene with the model or holds NaN / negative values.
+            If the query shares no gene with the model, holds NaN / negative values, or ``key_added`` is
+            empty or contains ``/``.
         KeyError
             If the model's layer is missing from the query.
         """
-        adata = self._check_query(adata)
-        _, probs = self._forward(adata, batch_size)
-        labels = self.labels
-        pred = pd.Categorical(labels[probs.argmax(1)], categories=labels)
-        series = pd.Series(pred, index=adata.obs_names, name=key_added)
-        confidence_key = (
-            key_added.removesuffix("prediction") + "confidence"
-            if key_added.endswith("prediction") else f"{key_added}_confidence"
-        )
-        adata.obs[key_added] = series
-        adata.obs[confidence_key] = probs.max(1)
-        adata.obsm[K.PROBABILITIES_KEY] = pd.DataFrame(probs, index=adata.obs_names, columns=labels.astype(str))
-        adata.uns.setdefault(K.UNS_KEY, {})["predict"] = {
-            "key_added": key_added,
-            "confidence_key": confidence_key,
-            "attention": {**self.init_params_["non_kwargs"], **self.init_params_["kwargs"]}.get("attention"),
-            "n_genes_matched": int(adata.var_names.isin(self.var_names).sum()),
-        }
-        logger.info("wrote adata.obs[%r], adata.obs[%r], adata.obsm[%r]", key_added, confidence_key,
-                    K.PROBABILITIES_KEY)
-        return series
+        return self._task.predict(adata, batch_size=batch_size, key_added=key_added)
+
+    def predict_perturbation(
+        self,
+        adata: AnnData,
+        conditions: str | Sequence[str],
+        *,
+        batch_size: int = 128,
+        key_prefix: str = K.PERTURBATION_LAYER_PREFIX,
+    ) -> np.ndarray | AnnData:
+        """Predict the expression of control cells under genetic perturbations.
+
+        Each cell of ``adata`` (control cells, genes matched to the model's genes by name) is the input;
+        the condition's genes are flagged on their tokens (scGPT-style, Cui et al. 2024) and the model
+        predicts every gene's value in the perturbed cell. Conditions follow GEARS (Roohani et al. 2023):
+        ``"A+ctrl"`` / ``"ctrl+A"`` (single), ``"A+B"`` (double), written with the symbols of the
+        ``gene_symbols`` column given to :meth:`setup_anndata`. The genes need not have been perturbed
+        in training, but they must be among the model's genes: the perturbation reaches other genes
+        through the perturbed gene's token and the gene graph.
+
+        Parameters
+        ----------
+        adata
+            Control cells, ``(n_obs, n_vars)``, same kind of values (layer) as the training data. Genes
+            missing from the model keep their input values; model genes missing from ``adata`` count as
+            not expressed.
+        conditions
+            One condition (per-cell predictions written to ``adata.layers``) or a list of conditions
+            (mean predicted profiles returned, nothing written to layers).
+        batch_size
+            Cells per forward pass.
+        key_prefix
+            Prefix of the layer name.
+
+        Returns
+        -------
+        For one condition: ``(n_obs, n_vars)`` float32 array, also written to
+        ``adata.layers[f"{key_prefix}{condition}"]`` (``genohoption_A+B`` by default). For a list: an
+        AnnData ``(n_conditions, n_vars)`` of mean predicted profiles, ``obs_names`` = conditions,
+        ``var`` = ``adata.var``, ``obs["n_cells"]``. Either way
+        ``adata.uns["genohoption"]["predict_perturbation"]`` records the parameters (conditions, layer
+        keys, attention, genes matched).
+
+        Raises
+        ------
+        TypeError
+            If the model classifies cells, or ``conditions`` is not a string or a list of strings.
+        ValueError
+            For malformed conditions or an ``adata`` without genes in common with the model.
+        KeyError
+            If a perturbed gene is not among the model's genes (message names the genes), or the
+            model's layer is missing from ``adata``.
+        """
+        return self._task.predict_perturbation(adata, conditions, batch_size=batch_size, key_prefix=key_prefix)
 
     # ------------------------------------------------------------------ save / load
-    def save(self, dir_path: str | os.PathLike, *, overwrite: bool = False) -> None:
-        """Save weights (``model.safetensors``) and settings (``model.json``); no pickle.
+    def save(
+        self,
+        dir_path: str | os.PathLike,
+        prefix: str | None = None,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+        save_kwargs: dict | None = None,
+        **anndata_write_kwargs,
+    ) -> None:
+        """Save weights (``model.safetensors``) and settings, registry and history (``model.json``); no pickle.
+
+        The signature is scvi-tools' :meth:`~scvi.model.base.BaseModelClass.save`, so scvi-tools'
+        checkpointing (``train(enable_checkpointing=True)``) works. ``model.json`` records the sha256 of
+        the weights, which :meth:`load` checks.
 
         Parameters
         ----------
         dir_path
             Directory to write; created if needed.
+        prefix
+            Prefix of the file names (``{prefix}model.safetensors``, ...).
         overwrite
-            Replace a model already saved there.
+            Replace a model already saved there with this prefix.
+        save_anndata
+            Also write the model's AnnData to ``{prefix}adata.h5ad``.
+        save_kwargs
+            Unused (scvi-tools passes it to :func:`torch.save`; weights here are safetensors).
+        **anndata_write_kwargs
+            Passed to :meth:`anndata.AnnData.write_h5ad`.
 
         Raises
         ------
         FileExistsError
-            If a model is already saved in ``dir_path`` and ``overwrite`` is false.
+            If a model is already saved in ``dir_path`` (with ``prefix``) and ``overwrite`` is false, or
+            ``dir_path`` is a file.
+        ValueError
+            If ``save_anndata`` is true but the model holds no AnnData.
         """
+        if save_anndata and self.adata is None:
+            raise ValueError("save_anndata=True, but the model holds no AnnData (it was loaded without one).")
         meta = {"class": type(self).__name__, "init_params": self.init_params_, "registry": self.registry_,
-                "history": None}
-        save_model_files(dir_path, self.module.state_dict(), meta, overwrite=overwrite)
+                "history": self.history_, "is_trained": bool(self.is_trained_)}
+        paths = save_model_files(dir_path, self.module.state_dict(), meta, prefix=prefix, overwrite=overwrite)
+        if save_anndata:
+            self.adata.write_h5ad(paths["adata"], **anndata_write_kwargs)
 
     @classmethod
-    def load(cls, dir_path: str | os.PathLike, adata: AnnData | None = None, *, accelerator: str = "cpu"
-             ) -> GenoHoptionModel:
-        """Load a model written by :meth:`save`.
+    def load(
+        cls,
+        dir_path: str | os.PathLike,
+        adata: AnnData | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+        prefix: str | None = None,
+    ) -> GenoHoptionModel:
+        """Load a model written by :meth:`save` (signature of scvi-tools' ``load``).
 
         Parameters
         ----------
         dir_path
             Directory holding ``model.safetensors`` and ``model.json``.
         adata
-            Optional data to attach as the model's default for :meth:`predict`. Its genes may be in
-            another order or a subset: predictions align them by name. If it carries the training
-            ``labels_key`` and the training genes in the same order, it is registered so that
-            :meth:`train` can go on.
-        accelerator
-            ``"cpu"``, or ``"cuda"`` / ``"gpu"`` to move the model to the GPU.
+            Data to attach as the model's default for :meth:`predict` (otherwise ``adata.h5ad`` from
+            the directory, if saved). Its genes may be in another order or a subset: predictions align
+            them by name. It is registered with the saved registry (so that :meth:`train` can go on)
+            when it has the model's genes in order and labels (or conditions) among the saved ones; the
+            saved label order is kept. Otherwise (a view, no labels, new cell types, other genes) it is
+            only attached.
+        accelerator, device
+            Where to put the model (scvi-tools / Lightning convention; ``"auto"`` picks a GPU if any).
+        prefix
+            Prefix of the file names given to :meth:`save`.
 
         Returns
         -------
-        The model, in evaluation mode.
+        The model, in evaluation mode, with its training history.
 
         Raises
         ------
         FileNotFoundError
             If the files are missing.
         ValueError
-            If the files were not written by this class.
+            If the files are damaged or were not written by this class.
         """
-        state, meta = load_model_files(dir_path)
+        state, meta = load_model_files(dir_path, prefix)
         if meta.get("class") != cls.__name__:
             raise ValueError(f"{dir_path} holds a {meta.get('class')!r}, not a {cls.__name__}.")
+        paths = file_paths(dir_path, prefix)
+        if adata is None and paths["adata"].is_file():
+            import anndata
+
+            adata = anndata.read_h5ad(paths["adata"])
+        registry = meta["registry"]
         kwargs = {**meta["init_params"]["non_kwargs"], **meta["init_params"]["kwargs"]}
-        model = cls(None, registry=meta["registry"], **kwargs)
-        model.module.graph_indices = state["graph_indices"].clone()
+        model = cls(None, registry=registry, **kwargs)
+        for key in ("graph_indptr", "graph_indices"):
+            if key not in state:
+                raise ValueError(f"{paths['weights']} has no {key!r}: it was not written by {cls.__name__}.save().")
+        n_genes = model.summary_stats.n_vars
+        check_csr_structure(state["graph_indptr"].numpy(), state["graph_indices"].numpy(), n_genes, n_genes,
+                            f"the gene graph saved in {paths['weights']}")
         model.module.graph_indptr = state["graph_indptr"].clone()
+        model.module.graph_indices = state["graph_indices"].clone()
         model.module.load_state_dict(state, strict=True)
         model.module.eval()
-        model.is_trained_ = True
+        model.is_trained_ = bool(meta.get("is_trained", True))
+        model.history_ = meta.get("history")
+        model._model_summary_string = model._task.summary()
         if adata is not None:
-            setup = meta["registry"]["setup_args"]
-            trainable = (
-                (setup.get("perturbation_key") or setup["labels_key"]) in adata.obs
-                and adata.var_names.equals(model.var_names)
-                and (setup["graph_key"] is None or setup["graph_key"] in adata.varp)
-            )
-            if trainable:
-                cls.setup_anndata(adata, **setup)
+            adata = as_anndata(adata)
+            if model._task.can_register(adata, registry):
+                cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
                 model._adata_manager = model._get_most_recent_anndata_manager(adata, required=True)
                 model._register_manager_for_instance(model._adata_manager)
+            else:
+                logger.info("attached the AnnData for prediction only (it cannot take the model's registry)")
             model._adata = adata
-        if accelerator in ("cuda", "gpu") and torch.cuda.is_available():
-            model.to_device("cuda")
+        _, _, torch_device = parse_device_args(accelerator, device, return_device="torch",
+                                               validate_single_device=True)
+        model.to_device(torch_device)
         return model
+
+
+def _check_init_args(backbone, attention, max_seq_len, d_model, n_heads, n_layers, d_hid, n_hops, cls_input_norm):
+    if backbone not in K.BACKBONES:
+        raise ValueError(f"backbone={backbone!r} is not available; use one of {K.BACKBONES}.")
+    if attention not in K.ATTENTIONS:
+        raise ValueError(f"attention={attention!r} is unknown; choose one of {K.ATTENTIONS}.")
+    if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 2:
+        raise ValueError(f"max_seq_len must be an integer of at least 2 (CLS plus one gene), got {max_seq_len!r}.")
+    sizes = {"d_model": d_model, "n_heads": n_heads, "n_layers": n_layers, "d_hid": d_hid, "n_hops": n_hops}
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes.values()) or d_model % n_heads:
+        raise ValueError("d_model, n_heads, n_layers, d_hid and n_hops must be positive integers, "
+                         f"and n_heads must divide d_model (got {sizes}).")
+    if cls_input_norm not in INPUT_NORMS:
+        raise ValueError(f"cls_input_norm={cls_input_norm!r} is unknown; choose one of {INPUT_NORMS}.")

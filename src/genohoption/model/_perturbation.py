@@ -1,34 +1,26 @@
-"""Perturbation side of :class:`~genohoption.GenoHoptionModel`: setup, module choice, prediction.
-
-Kept apart from ``_model.py`` so that the user-facing class stays readable; the model class mixes
-:class:`PerturbationMixin` in.
-"""
+"""Genetic perturbation prediction: registration, module, training plan and ``predict_perturbation``."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
 from scvi import REGISTRY_KEYS
-from scvi.data import AnnDataManager
 from scvi.data.fields import LayerField
 
 from .. import _constants as K
-from ..data._perturbation import (
-    PERT_KEY,
-    PerturbationDataSplitter,
-    PerturbationField,
-    condition_gene_indices,
-    control_mask,
-    parse_conditions,
-)
+from .._conditions import condition_gene_indices, control_mask
+from .._validate import check_graph, check_key, check_unique_var_names, check_values, get_matrix, matrix_name
 from ..module import PerturbationModule
-from ._validate import check_graph, check_unique_var_names, check_values, get_matrix
+from ._perturbation_data import PerturbationDataSplitter, PerturbationField
+from ._query import aligned_matrix, iter_rows
+from ._task import Task, graph_tensors
+from ._training import RegressionTrainingPlan
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -77,62 +69,77 @@ def check_perturbation_setup(
                            what=f"adata.obs[{perturbation_key!r}]")
 
 
-class PerturbationMixin:
-    """Perturbation prediction for :class:`~genohoption.GenoHoptionModel` (GEARS-style data)."""
+class PerturbationTask(Task):
+    """Genetic perturbation prediction (``setup_anndata(adata, perturbation_key=...)``)."""
 
-    # ------------------------------------------------------------------ setup
+    name = "perturbation"
+    data_splitter_cls = PerturbationDataSplitter
+    wrong_method_hint = (
+        "this is a perturbation model (set up with perturbation_key=): use "
+        "model.predict_perturbation(ctrl_adata, 'A+B')."
+    )
+
+    # ---------------------------------------------------------------- set-up
     @classmethod
-    def _setup_perturbation(
-        cls,
-        adata: AnnData,
-        *,
-        layer: str | None,
-        perturbation_key: str,
-        control_value: str,
-        gene_symbols: str | None,
-        graph_key: str | None,
-        setup_method_args: dict,
-        **kwargs,
-    ) -> None:
+    def setup_fields(cls, adata: AnnData, *, transfer: bool, layer: str | None = None,
+                     graph_key: str | None = K.GRAPH_KEY, perturbation_key: str = "condition",
+                     control_value: str = "ctrl", gene_symbols: str | None = None, **_) -> list:
+        """Validate and return the fields: expression (``layer``) and conditions (``perturbation_key``)."""
         check_unique_var_names(adata)
-        check_values(get_matrix(adata, layer), f"adata.layers[{layer!r}]" if layer else "adata.X")
+        check_values(get_matrix(adata, layer), matrix_name(layer))
         check_perturbation_setup(adata, perturbation_key, control_value, gene_symbols)
-        if graph_key is not None:
+        if graph_key is not None and not transfer:
             check_graph(adata, graph_key)
-        fields = [
+        return [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
-            PerturbationField(PERT_KEY, perturbation_key, gene_symbols, control_value),
+            PerturbationField(K.PERT_KEY, perturbation_key, gene_symbols, control_value),
         ]
-        manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
-        manager.register_fields(adata, **kwargs)
-        cls.register_manager(manager)
 
+    @classmethod
+    def can_register(cls, adata: AnnData, registry: dict) -> bool:
+        """``adata`` has the model's genes in order, its layer, and conditions among the saved ones."""
+        setup = registry["setup_args"]
+        key, layer = setup["perturbation_key"], setup["layer"]
+        genes = registry["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"]["column_names"]
+        known = registry["field_registries"][K.PERT_KEY]["state_registry"]["categorical_mapping"]
+        if adata.is_view or key not in adata.obs or (layer is not None and layer not in adata.layers):
+            return False
+        conditions = adata.obs[key]
+        return (
+            not conditions.isna().any()
+            and bool(pd.Index(conditions.astype(str).unique()).isin(np.asarray(known, dtype=str)).all())
+            and adata.var_names.astype(str).equals(pd.Index(np.asarray(genes, dtype=str)))
+        )
+
+    # ---------------------------------------------------------------- model
     @property
-    def is_perturbation_model(self) -> bool:
-        """Whether the model predicts perturbations (set up with ``perturbation_key``)."""
-        return bool(self.registry_["setup_args"].get("perturbation_key"))
+    def gene_symbols(self) -> np.ndarray:
+        """Symbols of the model's genes, used to read perturbation conditions."""
+        return np.asarray(self.model.registry_["field_registries"][K.PERT_KEY]["state_registry"]["gene_symbols"],
+                          dtype=str)
 
-    def _init_perturbation(self, adata: AnnData | None, indptr: torch.Tensor, indices: torch.Tensor,
-                           params: dict) -> None:
-        """Build the :class:`~genohoption.module.PerturbationModule` (called by ``__init__``)."""
-        if params.get("backbone", "scgpt") != "scgpt" or params.get("pretrained") is not None:
+    def build_module(self, adata, graph, params: dict[str, Any], checkpoint=None, genes=None) -> PerturbationModule:
+        """:class:`~genohoption.module.PerturbationModule` (scGPT backbone trained from scratch)."""
+        if params["backbone"] != "scgpt" or checkpoint is not None:
             raise ValueError(
                 "Perturbation models use backbone='scgpt' trained from scratch; drop backbone= / pretrained=."
             )
-        loss = params.get("loss", "mse")
         control_mean = None
+        setup = self.model.registry_["setup_args"]
         if adata is not None:
-            X = get_matrix(adata, self.registry_["setup_args"]["layer"])
-            ctrl = control_mask(adata.obs[self.registry_["setup_args"]["perturbation_key"]],
-                                self.registry_["setup_args"]["control_value"])
+            X = get_matrix(adata, setup["layer"])
+            ctrl = control_mask(adata.obs[setup["perturbation_key"]], setup["control_value"])
             control_mean = torch.as_tensor(np.asarray(X[np.flatnonzero(ctrl)].mean(0)).ravel(), dtype=torch.float32)
-        self.module = PerturbationModule(
-            n_genes=self.summary_stats.n_vars,
+        n_genes = self.model.summary_stats.n_vars
+        indptr, indices = graph_tensors(graph, n_genes)
+        self.model.pretrained_report_ = None
+        return PerturbationModule(
+            n_genes=n_genes,
             graph_indptr=indptr,
             graph_indices=indices,
             control_mean=control_mean,
             max_seq_len=params["max_seq_len"],
-            loss=loss,
+            loss=params["loss"],
             d_model=params["d_model"],
             n_heads=params["n_heads"],
             n_layers=params["n_layers"],
@@ -144,111 +151,69 @@ class PerturbationMixin:
             t=params["t"],
             normalize=params["normalize_heat"],
         )
-        self._data_splitter_cls = PerturbationDataSplitter
-        self.pretrained_report_ = None
-        self._model_summary_string = (
-            f"GenoHoptionModel (perturbation): attention={params['attention']}, n_hops={params['n_hops']}, "
-            f"alpha={params['alpha']}, t={params['t']}, d_model={params['d_model']}, "
-            f"n_layers={params['n_layers']}, loss={loss}, genes={self.summary_stats.n_vars}, "
-            f"conditions={self.summary_stats.get('n_' + PERT_KEY, '?')}, graph edges={int(indices.numel())}"
+
+    def training_plan(self, **plan_kwargs) -> RegressionTrainingPlan:
+        """Regression plan (the module's MSE or GEARS loss)."""
+        return RegressionTrainingPlan(self.model.module, **plan_kwargs)
+
+    def summary(self) -> str:
+        """Attention, sizes and loss."""
+        p = self.model.params
+        n_conditions = len(self.model.registry_["field_registries"][K.PERT_KEY]["state_registry"]["categorical_mapping"])
+        return (
+            f"GenoHoptionModel (perturbation): attention={p['attention']}, n_hops={p['n_hops']}, "
+            f"alpha={p['alpha']}, t={p['t']}, d_model={p['d_model']}, n_layers={p['n_layers']}, loss={p['loss']}, "
+            f"genes={self.model.summary_stats.n_vars}, conditions={n_conditions}, "
+            f"graph edges={self.model.module.n_edges}"
         )
 
-    # ------------------------------------------------------------------ prediction
-    @property
-    def perturbation_gene_symbols(self) -> np.ndarray:
-        """Symbols of the model's genes, used to read perturbation conditions (perturbation models)."""
-        return np.asarray(self.registry_["field_registries"][PERT_KEY]["state_registry"]["gene_symbols"], dtype=str)
-
+    # ---------------------------------------------------------------- prediction
     @torch.inference_mode()
     def _predict_condition(self, X, pert_genes: np.ndarray, batch_size: int) -> np.ndarray:
         """``(n_obs, n_genes)`` predicted expression for one condition, in model gene order."""
-        self.module.eval()
+        model = self.model
+        model.module.eval()
         out = np.empty(X.shape, dtype=np.float32)
-        pg = torch.as_tensor(pert_genes, dtype=torch.int64, device=self.device)
-        for start in range(0, X.shape[0], batch_size):
-            rows = X[start : start + batch_size]
-            rows = rows.toarray() if sp.issparse(rows) else np.asarray(rows)
-            x = torch.as_tensor(rows, dtype=torch.float32, device=self.device)
-            res = self.module.inference(x, pg.expand(x.shape[0], -1))
+        pg = torch.as_tensor(pert_genes, dtype=torch.int64, device=model.device)
+        start = 0
+        for x in iter_rows(X, batch_size, model.device):
+            res = model.module(x, pg.expand(x.shape[0], -1))
             pred = x.clone()  # genes left out of a too-long sequence keep their input value
             genes = res["genes"]
             valid = genes >= 0
             row_idx = torch.arange(x.shape[0], device=x.device).unsqueeze(1).expand_as(genes)
             pred[row_idx[valid], genes[valid]] = res["pred"][valid].float()
             out[start : start + x.shape[0]] = pred.cpu().numpy()
+            start += x.shape[0]
         return out
 
-    def predict_perturbation(
-        self,
-        adata: AnnData,
-        conditions: str | Sequence[str],
-        *,
-        batch_size: int = 128,
-        key_prefix: str = K.PERTURBATION_LAYER_PREFIX,
-    ) -> np.ndarray | AnnData:
-        """Predict the expression of control cells under genetic perturbations.
-
-        Each cell of ``adata`` (control cells, genes matched to the model's genes by name) is the input;
-        the condition's genes are flagged on their tokens (scGPT-style, Cui et al. 2024) and the model
-        predicts every gene's value in the perturbed cell. Conditions follow GEARS (Roohani et al. 2023):
-        ``"A+ctrl"`` / ``"ctrl+A"`` (single), ``"A+B"`` (double), written with the symbols of the
-        ``gene_symbols`` column given to :meth:`setup_anndata`. The genes need not have been perturbed
-        in training, but they must be among the model's genes: the perturbation reaches other genes
-        through the perturbed gene's token and the gene graph, so an unmeasured gene raises
-        ``KeyError`` (no silent fallback).
-
-        Parameters
-        ----------
-        adata
-            Control cells, ``(n_obs, n_vars)``, same kind of values (layer) as the training data. Genes
-            missing from the model keep their input values; model genes missing from ``adata`` count as
-            not expressed.
-        conditions
-            One condition (per-cell predictions written to ``adata.layers``) or a list of conditions
-            (mean predicted profiles returned, nothing written to layers).
-        batch_size
-            Cells per forward pass.
-        key_prefix
-            Prefix of the layer name.
-
-        Returns
-        -------
-        For one condition: ``(n_obs, n_vars)`` float32 array, also written to
-        ``adata.layers[f"{key_prefix}{condition}"]`` (``genohoption_A+B`` by default). For a list: an
-        AnnData ``(n_conditions, n_vars)`` of mean predicted profiles, ``obs_names`` = conditions,
-        ``var`` = ``adata.var``, ``obs["n_cells"]``. Either way
-        ``adata.uns["genohoption"]["predict_perturbation"]`` records the parameters (conditions, layer
-        keys, attention, genes matched).
-
-        Raises
-        ------
-        TypeError
-            If the model was not set up with ``perturbation_key``, or ``conditions`` is not a string or
-            a list of strings.
-        ValueError
-            For malformed conditions or an ``adata`` without genes in common with the model.
-        KeyError
-            If a perturbed gene is not among the model's genes (message names the genes), or the
-            model's layer is missing from ``adata``.
-        """
+    def predict_perturbation(self, adata: AnnData, conditions: str | Sequence[str], *, batch_size: int = 128,
+                             key_prefix: str = K.PERTURBATION_LAYER_PREFIX) -> np.ndarray | AnnData:
+        """Predict perturbed expression (see :meth:`GenoHoptionModel.predict_perturbation`)."""
         from anndata import AnnData
 
-        if not self.is_perturbation_model:
-            raise TypeError(
-                "This model classifies cells; predict_perturbation needs a model set up with "
-                "GenoHoptionModel.setup_anndata(adata, perturbation_key='condition')."
-            )
+        model = self.model
+        adata = model._query(adata)
         single = isinstance(conditions, str)
-        conds = [conditions] if single else list(conditions)
+        conds = [conditions] if single else (list(conditions) if isinstance(conditions, Sequence) else None)
         if not conds or not all(isinstance(c, str) for c in conds):
             raise TypeError(f"conditions must be a condition string or a list of them, got {conditions!r}.")
-        control_value = self.registry_["setup_args"]["control_value"]
-        table = condition_gene_indices(conds, self.perturbation_gene_symbols, control_value, what="conditions")
-        layer = self.registry_["setup_args"]["layer"]
-        X = self._aligned_matrix(adata, layer)
-        same_genes = adata.var_names.equals(self.var_names)
+        if single:
+            check_key(f"{key_prefix}{conds[0]}", "the layer name key_prefix + condition")
+        uns = adata.uns.get(K.UNS_KEY, {})
+        if not isinstance(uns, dict):
+            raise TypeError(
+                f"adata.uns[{K.UNS_KEY!r}] is a {type(uns).__name__}, not a dict; rename or delete it first."
+            )
+        setup = model.registry_["setup_args"]
+        control_value = setup["control_value"]
+        table = condition_gene_indices(conds, self.gene_symbols, control_value, what="conditions")
+        layer = setup["layer"]
+        X = aligned_matrix(adata, model.var_names, layer)
+        query_genes = adata.var_names.astype(str)
+        same_genes = query_genes.equals(model.var_names)
         if not same_genes:
-            pos = self.var_names.get_indexer(adata.var_names)  # adata gene -> model gene (-1: absent)
+            pos = model.var_names.get_indexer(query_genes)  # adata gene -> model gene (-1: absent)
             base = get_matrix(adata, layer)
         results = []
         for row in table:
@@ -261,22 +226,22 @@ class PerturbationMixin:
                 pred = full
             results.append(pred if single else pred.mean(0))
             del pred
-        params = {
+        record = {
             "conditions": conds,
-            "attention": {**self.init_params_["non_kwargs"], **self.init_params_["kwargs"]}.get("attention"),
-            "n_genes_matched": int(adata.var_names.isin(self.var_names).sum()),
+            "attention": model.params["attention"],
+            "n_genes_matched": int(query_genes.isin(model.var_names).sum()),
             "control_value": control_value,
         }
         uns = adata.uns.setdefault(K.UNS_KEY, {})
         if single:
             key = f"{key_prefix}{conds[0]}"
             adata.layers[key] = results[0]
-            uns["predict_perturbation"] = {**params, "layer": key}
+            uns[K.UNS_PREDICT_PERTURBATION] = {**record, "layer": key}
             logger.info("wrote adata.layers[%r]", key)
             return results[0]
-        uns["predict_perturbation"] = {**params, "layer": None}
+        uns[K.UNS_PREDICT_PERTURBATION] = {**record, "layer": None}
         obs = pd.DataFrame({"n_cells": np.full(len(conds), adata.n_obs)}, index=pd.Index(conds, name="condition"))
         return AnnData(X=np.vstack(results).astype(np.float32), obs=obs, var=adata.var.copy())
 
 
-__all__ = ["PerturbationMixin", "check_perturbation_setup", "parse_conditions"]
+__all__ = ["PerturbationTask", "check_perturbation_setup"]

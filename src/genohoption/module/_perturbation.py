@@ -1,17 +1,14 @@
-"""scvi-tools module for genetic perturbation prediction (GEARS-style data, scGPT-style model)."""
+"""Genetic perturbation prediction module (GEARS-style data, scGPT-style model)."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from scvi import REGISTRY_KEYS
-from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
-from ..data._perturbation import CTRL_X_KEY, PERT_GENES_KEY
 from ..data._tokenize import tokenize
 from ..nn import ScGPTBackbone, induced_batch_graph
 from ..nn._backbones import ExprDecoder
 from ..nn._perturbation import PERT_FLAG_PAD, PerturbationEncoder
+from ._base import TaskModule
 
 LOSSES = ("mse", "gears")
 
@@ -23,7 +20,7 @@ def perturbation_flags(pert_genes: torch.Tensor, n_genes: int) -> torch.Tensor:
     return flags[:, :n_genes]
 
 
-class PerturbationModule(BaseModuleClass):
+class PerturbationModule(TaskModule):
     """Predict a cell's expression after a genetic perturbation from a control cell.
 
     Input: a control cell's expression ``(B, n_genes)`` and the perturbed genes. All genes are tokens
@@ -77,7 +74,7 @@ class PerturbationModule(BaseModuleClass):
         direction_lambda: float = 0.1,
         **backbone_kwargs,
     ):
-        super().__init__()
+        super().__init__(graph_indptr, graph_indices)
         if loss not in LOSSES:
             raise ValueError(f"loss={loss!r} is unknown; choose one of {LOSSES}.")
         self.n_genes = n_genes
@@ -86,22 +83,13 @@ class PerturbationModule(BaseModuleClass):
         self.gamma = gamma
         self.direction_lambda = direction_lambda
         self.attention = backbone_kwargs.get("attention", "ppr")
-        self.register_buffer("graph_indptr", graph_indptr.to(torch.int64).clone())
-        self.register_buffer("graph_indices", graph_indices.to(torch.int64).clone())
         mean = torch.zeros(n_genes) if control_mean is None else control_mean.float().clone()
         self.register_buffer("control_mean", mean)
         self.backbone = ScGPTBackbone(n_genes, **backbone_kwargs)
         self.pert_encoder = PerturbationEncoder(self.backbone.d_model)
         self.decoder = ExprDecoder(self.backbone.d_model)
 
-    def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"x": tensors[CTRL_X_KEY], "pert_genes": tensors[PERT_GENES_KEY]}
-
-    def _get_generative_input(self, tensors, inference_outputs) -> dict:
-        return {}
-
-    @auto_move_data
-    def inference(self, x: torch.Tensor, pert_genes: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, pert_genes: torch.Tensor) -> dict[str, torch.Tensor]:
         """Predict the perturbed expression of the tokens' genes.
 
         Parameters
@@ -134,30 +122,33 @@ class PerturbationModule(BaseModuleClass):
             h = layer(h, graph, tokens.padding_mask)
         return {"pred": self.decoder(h), "genes": tokens.genes, "x_in": tokens.values}
 
-    def generative(self) -> dict:
-        """No generative part."""
-        return {}
+    def loss(self, outputs: dict[str, torch.Tensor], target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and plain MSE between predicted and observed values of the tokens' genes.
 
-    def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
-        """MSE (or the GEARS loss) between predicted and observed values of the tokens' genes."""
-        pred, genes = inference_outputs["pred"], inference_outputs["genes"]
-        target_all = tensors[REGISTRY_KEYS.X_KEY].float()
-        mask = (genes >= 0).float()
-        target = torch.gather(target_all, 1, genes.clamp(min=0))
+        Parameters
+        ----------
+        outputs
+            Output of :meth:`forward`.
+        target
+            ``(B, n_genes)`` observed expression of the perturbed cells.
+
+        Returns
+        -------
+        The training loss (``"mse"`` or ``"gears"``, mean over cells) and the MSE over all token
+        values (a metric), both scalars.
+        """
+        pred, genes = outputs["pred"], outputs["genes"]
+        mask = (genes >= 0).to(pred.dtype)
+        target = torch.gather(target.to(pred.dtype), 1, genes.clamp(min=0))
         n_tok = mask.sum(1).clamp(min=1)
         sq = (pred - target) ** 2
-        mse = (sq * mask).sum(1) / n_tok
+        mse_cell = (sq * mask).sum(1) / n_tok
         if self.loss_kind == "mse":
-            per_cell = mse
+            per_cell = mse_cell
         else:
             c = self.control_mean[genes.clamp(min=0)]
             focus = ((pred - target).abs() ** (2 + self.gamma) * mask).sum(1) / n_tok
             direction = (((torch.sign(target - c) - torch.sign(pred - c)) ** 2) * mask).sum(1) / n_tok
             per_cell = focus + self.direction_lambda * direction
-        return LossOutput(
-            loss=per_cell.mean(),
-            reconstruction_loss=per_cell,
-            n_obs_minibatch=pred.shape[0],
-            extra_metrics={"mse": F.mse_loss(pred * mask, target * mask, reduction="sum").detach()
-                           / mask.sum().clamp(min=1)},
-        )
+        mse = (sq * mask).sum() / mask.sum().clamp(min=1)
+        return per_cell.mean(), mse.detach()

@@ -1,0 +1,205 @@
+"""Cell-type annotation: registration, module, training plan, prediction and embeddings."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.data.fields import CategoricalObsField, LayerField
+
+from .. import _constants as K
+from .._validate import (
+    check_graph,
+    check_key,
+    check_labels,
+    check_unique_var_names,
+    check_values,
+    get_matrix,
+    matrix_name,
+)
+from ..module import AnnotationModule
+from ._pretrained import load_pretrained_weights
+from ._query import aligned_matrix, iter_rows
+from ._task import Task, graph_tensors
+from ._training import ClassificationTrainingPlan
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+logger = logging.getLogger(__name__)
+
+
+class AnnotationTask(Task):
+    """Cell-type annotation (``setup_anndata(adata, labels_key=...)``)."""
+
+    name = "annotation"
+    wrong_method_hint = (
+        "this model classifies cells; predict_perturbation needs a model set up with "
+        "GenoHoptionModel.setup_anndata(adata, perturbation_key='condition')."
+    )
+
+    # ---------------------------------------------------------------- set-up
+    @classmethod
+    def setup_fields(cls, adata: AnnData, *, transfer: bool, layer: str | None = None,
+                     labels_key: str = "cell_type", graph_key: str | None = K.GRAPH_KEY, **_) -> list:
+        """Validate and return the fields: expression (``layer``) and cell types (``labels_key``)."""
+        check_unique_var_names(adata)
+        check_values(get_matrix(adata, layer), matrix_name(layer))
+        check_labels(adata, labels_key, min_classes=1 if transfer else 2)
+        if graph_key is not None and not transfer:
+            check_graph(adata, graph_key)
+        return [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
+            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
+        ]
+
+    @classmethod
+    def can_register(cls, adata: AnnData, registry: dict) -> bool:
+        """``adata`` has the model's genes in order, its layer, and labels among the saved cell types."""
+        setup = registry["setup_args"]
+        labels_key, layer = setup["labels_key"], setup["layer"]
+        genes = registry["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"]["column_names"]
+        known = registry["field_registries"][REGISTRY_KEYS.LABELS_KEY]["state_registry"]["categorical_mapping"]
+        if adata.is_view or labels_key not in adata.obs or (layer is not None and layer not in adata.layers):
+            return False
+        labels = adata.obs[labels_key]
+        return (
+            not labels.isna().any()
+            and bool(pd.Index(labels.astype(str).unique()).isin(np.asarray(known, dtype=str)).all())
+            and adata.var_names.astype(str).equals(pd.Index(np.asarray(genes, dtype=str)))
+        )
+
+    # ---------------------------------------------------------------- model
+    @property
+    def labels(self) -> np.ndarray:
+        """Cell types the classifier predicts, in logit order."""
+        state = self.model.registry_["field_registries"][REGISTRY_KEYS.LABELS_KEY]["state_registry"]
+        return np.asarray(state["categorical_mapping"])
+
+    def build_module(self, adata, graph, params: dict[str, Any], checkpoint=None, genes=None) -> AnnotationModule:
+        """:class:`~genohoption.module.AnnotationModule`, with pretrained weights when given."""
+        config = params.get("backbone_config")
+        n_labels = self.model.summary_stats.n_labels
+        if checkpoint is not None:  # scGPT's classifier is reused as is when it fits; a new head normalises
+            head = checkpoint.state_dict.get("cls_decoder.out_layer.weight")
+            config["cls_input_norm"] = "batch" if head is None or head.shape[0] != n_labels else None
+        n_genes = self.model.summary_stats.n_vars
+        indptr, indices = graph_tensors(graph, n_genes)
+        module = AnnotationModule(
+            n_genes=n_genes,
+            n_labels=n_labels,
+            graph_indptr=indptr,
+            graph_indices=indices,
+            max_seq_len=params["max_seq_len"],
+            n_cls_layers=(config or {}).get("n_cls_layers", params["n_cls_layers"]),
+            cls_input_norm=(config or {}).get("cls_input_norm", params["cls_input_norm"]),
+            backbone=params["backbone"],
+            backbone_config=config,
+            d_model=params["d_model"],
+            n_heads=params["n_heads"],
+            n_layers=params["n_layers"],
+            d_hid=params["d_hid"],
+            dropout=params["dropout"],
+            attention=params["attention"],
+            n_hops=params["n_hops"],
+            alpha=params["alpha"],
+            t=params["t"],
+            normalize=params["normalize_heat"],
+        )
+        self.model.pretrained_report_ = (
+            load_pretrained_weights(module, checkpoint, genes) if checkpoint is not None else None
+        )
+        if params["backbone"] == "geneformer" and adata is not None:
+            sample = get_matrix(adata, self.model.registry_["setup_args"]["layer"])[:200]
+            sample = sample.data if sp.issparse(sample) else np.asarray(sample)
+            if sample.size and not np.allclose(sample, np.round(sample)):
+                warnings.warn(
+                    "backbone='geneformer' ranks genes by normalised raw counts, but the registered matrix is "
+                    "not integer: register a counts layer with setup_anndata(adata, layer='counts').",
+                    UserWarning,
+                    stacklevel=4,
+                )
+        return module
+
+    def training_plan(self, **plan_kwargs) -> ClassificationTrainingPlan:
+        """Cross-entropy plan with accuracy and macro F1."""
+        return ClassificationTrainingPlan(self.model.module, n_classes=self.model.summary_stats.n_labels,
+                                          **plan_kwargs)
+
+    def summary(self) -> str:
+        """Backbone, attention and sizes."""
+        p = self.model.params
+        config = p.get("backbone_config") or {}
+        source = f", pretrained={config['source']}" if "source" in config else ""
+        return (
+            f"GenoHoptionModel (annotation): backbone={p['backbone']}{source}, attention={p['attention']}, "
+            f"n_hops={p['n_hops']}, alpha={p['alpha']}, t={p['t']}, d_model={self.model.module.backbone.d_model}, "
+            f"genes={self.model.summary_stats.n_vars}, cell types={self.model.summary_stats.n_labels}, "
+            f"graph edges={self.model.module.n_edges}"
+        )
+
+    # ---------------------------------------------------------------- inference
+    @torch.inference_mode()
+    def _forward(self, adata: AnnData | None, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        model = self.model
+        adata = model._query(adata)
+        X = aligned_matrix(adata, model.var_names, model.registry_["setup_args"]["layer"])
+        model.module.eval()
+        latents, probs = [np.empty((0, model.module.backbone.d_model), np.float32)], []
+        probs.append(np.empty((0, model.summary_stats.n_labels), np.float32))
+        for x in iter_rows(X, batch_size, model.device):
+            out = model.module(x)
+            latents.append(out["z"].float().cpu().numpy())
+            probs.append(torch.softmax(out["logits"].float(), -1).cpu().numpy())
+        return np.concatenate(latents), np.concatenate(probs)
+
+    def get_latent_representation(self, adata: AnnData | None = None, *, batch_size: int = 128) -> np.ndarray:
+        """Cell embeddings ``(n_obs, d_model)`` (see :meth:`GenoHoptionModel.get_latent_representation`)."""
+        return self._forward(adata, batch_size)[0]
+
+    def predict(self, adata: AnnData | None = None, *, batch_size: int = 128,
+                key_added: str = K.PREDICTION_KEY) -> pd.Series:
+        """Predict cell types and write them (see :meth:`GenoHoptionModel.predict`)."""
+        check_key(key_added)
+        adata = self.model._query(adata)
+        uns = adata.uns.get(K.UNS_KEY, {})
+        if not isinstance(uns, dict):
+            raise TypeError(
+                f"adata.uns[{K.UNS_KEY!r}] is a {type(uns).__name__}, not a dict; rename or delete it before predicting."
+            )
+        _, probs = self._forward(adata, batch_size)
+        labels = self.labels
+        pred = pd.Categorical(labels[probs.argmax(1)], categories=labels)
+        series = pd.Series(pred, index=adata.obs_names, name=key_added)
+        confidence_key = confidence_key_for(key_added)
+        record = {
+            "key_added": key_added,
+            "confidence_key": confidence_key,
+            "attention": self.model.params["attention"],
+            "n_genes_matched": int(adata.var_names.astype(str).isin(self.model.var_names).sum()),
+        }
+        # everything is computed: write
+        adata.obs[key_added] = series
+        adata.obs[confidence_key] = probs.max(1) if len(probs) else np.empty(0, np.float32)
+        adata.obsm[K.PROBABILITIES_KEY] = pd.DataFrame(probs, index=adata.obs_names, columns=labels.astype(str))
+        adata.uns.setdefault(K.UNS_KEY, {})[K.UNS_PREDICT] = record
+        logger.info("wrote adata.obs[%r], adata.obs[%r], adata.obsm[%r]", key_added, confidence_key,
+                    K.PROBABILITIES_KEY)
+        return series
+
+
+def confidence_key_for(key_added: str) -> str:
+    """``adata.obs`` column of the confidence that goes with the prediction column ``key_added``."""
+    if key_added == K.PREDICTION_KEY:
+        return K.CONFIDENCE_KEY
+    return key_added.removesuffix("prediction") + "confidence" if key_added.endswith("prediction") else (
+        f"{key_added}_confidence")
+
+
+__all__ = ["AnnotationTask", "confidence_key_for"]

@@ -1,0 +1,99 @@
+"""What a task (annotation, perturbation) provides to :class:`~genohoption.GenoHoptionModel`.
+
+The task is chosen once, from the arguments of ``setup_anndata`` (``perturbation_key`` given or not),
+and the model delegates to it: registration fields, module, data splitter, training plan, and the
+task's inference methods. A method of the other task raises a ``TypeError`` that names the right one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+from scvi.dataloaders import DataSplitter
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from lightning.pytorch import LightningModule
+    from scipy import sparse
+
+    from ..module._base import TaskModule
+    from ._model import GenoHoptionModel
+
+
+class Task:
+    """Base class of the per-task behaviour of :class:`~genohoption.GenoHoptionModel`.
+
+    Parameters
+    ----------
+    model
+        The model this task serves.
+    """
+
+    name: ClassVar[str] = "task"
+    data_splitter_cls: ClassVar[type] = DataSplitter
+    wrong_method_hint: ClassVar[str] = ""
+
+    def __init__(self, model: GenoHoptionModel):
+        self.model = model
+
+    # ---------------------------------------------------------------- set-up (class level)
+    @classmethod
+    def setup_fields(cls, adata: AnnData, *, transfer: bool, **setup_args) -> list:
+        """Validate ``adata`` for this task and return the scvi-tools fields to register.
+
+        ``transfer`` is true when the registration copies a saved model's registry (load): then the
+        training-only checks (labels, graph) are skipped or relaxed.
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def can_register(cls, adata: AnnData, registry: dict) -> bool:
+        """Whether ``adata`` can take a saved model's registry (so that training can go on)."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- model construction
+    def build_module(self, adata: AnnData | None, graph: sparse.csr_matrix | None, params: dict[str, Any]
+                     ) -> TaskModule:
+        """Create the task's module (``graph`` is ``None`` when loading: the saved weights bring it)."""
+        raise NotImplementedError
+
+    def training_plan(self, **plan_kwargs) -> LightningModule:
+        """Lightning module that trains :attr:`model.module`."""
+        raise NotImplementedError
+
+    def summary(self) -> str:
+        """One-line description of the model (printed by ``repr(model)``)."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- inference (per task)
+    def _wrong(self, method: str) -> TypeError:
+        return TypeError(f"{method}() does not apply to this model: {self.wrong_method_hint}")
+
+    def predict(self, *args, **kwargs):
+        """Cell types (annotation models)."""
+        raise self._wrong("predict")
+
+    def get_latent_representation(self, *args, **kwargs):
+        """Cell embeddings (annotation models)."""
+        raise self._wrong("get_latent_representation")
+
+    def predict_perturbation(self, *args, **kwargs):
+        """Perturbed expression (perturbation models)."""
+        raise self._wrong("predict_perturbation")
+
+
+def task_class(setup_args: dict) -> type[Task]:
+    """The task chosen by the arguments of ``setup_anndata``."""
+    from ._annotation import AnnotationTask
+    from ._perturbation import PerturbationTask
+
+    return PerturbationTask if setup_args.get("perturbation_key") else AnnotationTask
+
+
+def graph_tensors(graph: sparse.csr_matrix | None, n_genes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSR index tensors of the gene graph; empty placeholders when saved weights will bring them."""
+    if graph is None:
+        return torch.zeros(n_genes + 1, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+    return torch.from_numpy(graph.indptr.astype(np.int64)), torch.from_numpy(graph.indices.astype(np.int64))

@@ -1,0 +1,199 @@
+"""Supervised training plans (Lightning) and the best-weights callback used by ``GenoHoptionModel.train``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import Callback
+from scvi import REGISTRY_KEYS
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from .._constants import CTRL_X_KEY, PERT_GENES_KEY
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ClassificationTrainingPlan", "RegressionTrainingPlan", "RestoreBestWeights"]
+
+OPTIMIZERS = ("AdamW", "Adam")
+
+
+class _SupervisedTrainingPlan(LightningModule):
+    """Optimiser set-up and loss logging shared by the task plans.
+
+    Parameters
+    ----------
+    module
+        A task module (:class:`~genohoption.module.AnnotationModule`, ...).
+    lr
+        Learning rate.
+    weight_decay
+        Weight decay (decoupled for ``"AdamW"``).
+    optimizer
+        ``"AdamW"`` (default) or ``"Adam"``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown optimizer or a non-positive learning rate.
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        *,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        optimizer: Literal["AdamW", "Adam"] = "AdamW",
+    ):
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={optimizer!r} is unknown; choose one of {OPTIMIZERS}.")
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr!r}.")
+        self.module = module
+        self.lr, self.weight_decay, self.optimizer_name = float(lr), float(weight_decay), optimizer
+
+    def forward(self, *args, **kwargs):
+        """Pass through to the module."""
+        return self.module(*args, **kwargs)
+
+    def configure_optimizers(self):
+        """AdamW (or Adam) over the trainable parameters."""
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        cls = torch.optim.AdamW if self.optimizer_name == "AdamW" else torch.optim.Adam
+        return cls(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    def _log(self, name: str, value, batch_size: int, prog_bar: bool = False) -> None:
+        self.log(name, value, on_step=False, on_epoch=True, prog_bar=prog_bar, batch_size=batch_size)
+
+
+class ClassificationTrainingPlan(_SupervisedTrainingPlan):
+    """Train a classifier with cross-entropy; log loss, accuracy and macro F1 per epoch.
+
+    Logged (and so in ``model.history_``): ``train_loss``, ``train_accuracy``, ``validation_loss``,
+    ``validation_accuracy`` and ``validation_macro_f1`` (F1 averaged over the cell types present in
+    the validation cells or predicted for them; torchmetrics).
+
+    Parameters
+    ----------
+    module
+        :class:`~genohoption.module.AnnotationModule`: ``module(x)["logits"]``, ``module.loss``.
+    n_classes
+        Number of cell types.
+    **kwargs
+        ``lr``, ``weight_decay``, ``optimizer`` (see the base plan).
+    """
+
+    def __init__(self, module: torch.nn.Module, *, n_classes: int, **kwargs):
+        super().__init__(module, **kwargs)
+        self.train_accuracy = MulticlassAccuracy(n_classes, average="micro")
+        self.validation_accuracy = MulticlassAccuracy(n_classes, average="micro")
+        self.validation_macro_f1 = MulticlassF1Score(n_classes, average="macro")
+
+    def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        labels = batch[REGISTRY_KEYS.LABELS_KEY].view(-1).long()
+        outputs = self.module(batch[REGISTRY_KEYS.X_KEY])
+        return self.module.loss(outputs, labels), outputs["logits"].argmax(-1), labels
+
+    def training_step(self, batch, batch_idx):
+        """Cross-entropy on a training minibatch."""
+        loss, pred, labels = self._step(batch)
+        self.train_accuracy(pred, labels)
+        self._log("train_loss", loss, labels.numel(), prog_bar=True)
+        self._log("train_accuracy", self.train_accuracy, labels.numel())
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        """Loss, accuracy and macro F1 on a validation minibatch (aggregated over the epoch)."""
+        loss, pred, labels = self._step(batch)
+        self.validation_accuracy(pred, labels)
+        self.validation_macro_f1(pred, labels)
+        self._log("validation_loss", loss, labels.numel(), prog_bar=True)
+        self._log("validation_accuracy", self.validation_accuracy, labels.numel())
+        self._log("validation_macro_f1", self.validation_macro_f1, labels.numel())
+        return loss
+
+
+class RegressionTrainingPlan(_SupervisedTrainingPlan):
+    """Train a perturbation model: predicted vs observed expression of the perturbed cells.
+
+    Logged: ``train_loss``, ``validation_loss`` (the module's loss: MSE or GEARS) and
+    ``train_mse``, ``validation_mse`` (plain MSE over the tokens' genes).
+
+    Parameters
+    ----------
+    module
+        :class:`~genohoption.module.PerturbationModule`: ``module(ctrl_x, pert_genes)``, ``module.loss``.
+    **kwargs
+        ``lr``, ``weight_decay``, ``optimizer`` (see the base plan).
+    """
+
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        outputs = self.module(batch[CTRL_X_KEY], batch[PERT_GENES_KEY])
+        loss, mse = self.module.loss(outputs, batch[REGISTRY_KEYS.X_KEY])
+        n = batch[REGISTRY_KEYS.X_KEY].shape[0]
+        self._log(f"{stage}_loss", loss, n, prog_bar=True)
+        self._log(f"{stage}_mse", mse, n)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        """Loss on a training minibatch."""
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        """Loss on a validation minibatch."""
+        return self._step(batch, "validation")
+
+
+class RestoreBestWeights(Callback):
+    """Keep the module's weights of the best validation epoch and restore them when training ends.
+
+    Early stopping ends training ``patience`` epochs after the best epoch; without this callback the
+    model returned is the last one. The best state is kept in memory (on the CPU).
+
+    Parameters
+    ----------
+    monitor
+        Logged metric to compare (default ``"validation_loss"``, the early-stopping metric).
+    mode
+        ``"min"`` or ``"max"``.
+
+    Attributes
+    ----------
+    best_score
+        Best value of ``monitor`` seen (``None`` before the first validation).
+    best_epoch
+        Epoch (0-based) of the best value.
+    """
+
+    def __init__(self, monitor: str = "validation_loss", mode: Literal["min", "max"] = "min"):
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}.")
+        self.monitor, self.mode = monitor, mode
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self._state: dict[str, torch.Tensor] | None = None
+
+    def _better(self, value: float) -> bool:
+        if self.best_score is None:
+            return True
+        return value < self.best_score if self.mode == "min" else value > self.best_score
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        """Copy the weights when the monitored metric improved."""
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        value = float(trainer.callback_metrics[self.monitor])
+        if value == value and self._better(value):  # NaN never wins
+            self.best_score, self.best_epoch = value, int(trainer.current_epoch)
+            self._state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.module.state_dict().items()}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """Load the best weights back into the module."""
+        if self._state is None:
+            return
+        pl_module.module.load_state_dict(self._state)
+        logger.info("restored the weights of epoch %d (%s %.4g)", self.best_epoch + 1, self.monitor, self.best_score)
