@@ -10,17 +10,20 @@ import sys
 import time
 from pathlib import Path
 
-from ._constants import ATTENTIONS, LATENT_KEY, PREDICTION_KEY
+from ._constants import (
+    ATTENTIONS,
+    BASELINE_PREDICTION_KEY,
+    GRAPH_KEY,
+    LANE_KEY,
+    LATENT_KEY,
+    NEIGHBORS_KEY,
+    PREDICTION_KEY,
+    UMAP_KEY,
+)
 
 logger = logging.getLogger("genohoption")
 
 DEFAULT_REFERENCE_LANES = ("1", "2", "3", "4", "5", "6")
-UMAP_KEY = "X_umap_genohoption"
-"""``obsm`` key of the UMAP of the GenoHoption latent (the input's ``X_umap`` is left alone)."""
-NEIGHBORS_KEY = "genohoption_neighbors"
-"""``key_added`` of :func:`scanpy.pp.neighbors` on the latent (``obsp`` / ``uns``; input graphs stay)."""
-BASELINE_KEY = "logreg_prediction"
-"""``obs`` column of the logistic-regression baseline's predictions."""
 MIN_SHARED_FRACTION = 0.5
 """Warn when the query holds fewer than this fraction of the reference genes."""
 WEIGHTS_FILE = "model.safetensors"
@@ -162,7 +165,7 @@ def _load_inputs(args):
 
     if args.reference is None:
         adata = datasets.pbmc68k_reduced()
-        lanes = adata.obs["lane"].astype(str)
+        lanes = adata.obs[LANE_KEY].astype(str)
         in_ref = lanes.isin(DEFAULT_REFERENCE_LANES).to_numpy()
         return adata[in_ref].copy(), adata[~in_ref].copy(), args.labels_key or "bulk_labels", "pbmc68k_reduced"
     reference = _read_h5ad(args.reference, "--reference")
@@ -253,7 +256,7 @@ def annotate(args: argparse.Namespace) -> dict:
                      "n_reference": int(reference.n_obs), "n_query": int(query.n_obs),
                      "n_vars": int(reference.n_vars),
                      "n_genes_shared": int(reference.var_names.isin(query.var_names).sum()),
-                     "graph_edges": int(reference.varp["gene_graph"].nnz),
+                     "graph_edges": int(reference.varp[GRAPH_KEY].nnz),
                      "epochs": len(model.history_["train_loss"])}
     has_labels = labels_key in query.obs
     if has_labels:
@@ -262,11 +265,11 @@ def annotate(args: argparse.Namespace) -> dict:
     metrics["seconds"] = round(seconds, 1)
 
     t0 = time.perf_counter()
-    gh.tl.logistic_regression_baseline(reference, query, labels_key, layer=args.layer, key_added=BASELINE_KEY,
+    gh.tl.logistic_regression_baseline(reference, query, labels_key, layer=args.layer, key_added=BASELINE_PREDICTION_KEY,
                                        random_state=args.seed)
     baseline: dict = {"method": "scikit-learn LogisticRegression (multinomial, L2, C=1), same expression"}
     if has_labels:
-        scores = gh.tl.annotation_metrics(query, labels_key, prediction_key=BASELINE_KEY)
+        scores = gh.tl.annotation_metrics(query, labels_key, prediction_key=BASELINE_PREDICTION_KEY)
         baseline.update(accuracy=scores["accuracy"], macro_f1=scores["macro_f1"])
     baseline["seconds"] = round(time.perf_counter() - t0, 1)
     metrics["baseline_logreg"] = baseline
@@ -279,7 +282,7 @@ def annotate(args: argparse.Namespace) -> dict:
     if not args.no_plot:
         sc.pp.neighbors(query, use_rep=LATENT_KEY, key_added=NEIGHBORS_KEY, random_state=args.seed)
         sc.tl.umap(query, neighbors_key=NEIGHBORS_KEY, key_added=UMAP_KEY, random_state=args.seed)
-        color = [PREDICTION_KEY, BASELINE_KEY] + ([labels_key] if has_labels else [])
+        color = [PREDICTION_KEY, BASELINE_PREDICTION_KEY] + ([labels_key] if has_labels else [])
         fig = sc.pl.embedding(query, basis=UMAP_KEY, color=color, show=False, return_fig=True, wspace=0.6)
         fig.savefig(args.out / "umap.png", dpi=120, bbox_inches="tight")
     query.write_h5ad(args.out / "query.h5ad")

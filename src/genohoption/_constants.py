@@ -25,6 +25,12 @@ LATENT_KEY = "X_genohoption"
 UMAP_KEY = "X_umap_genohoption"
 """``adata.obsm`` key of the command line's UMAP of :data:`LATENT_KEY` (``X_umap`` is never overwritten)."""
 
+NEIGHBORS_KEY = "genohoption_neighbors"
+"""``key_added`` of the command line's :func:`scanpy.pp.neighbors` on :data:`LATENT_KEY` (input graphs stay)."""
+
+BASELINE_PREDICTION_KEY = "logreg_prediction"
+"""``adata.obs`` column (and ``adata.uns`` key) of :func:`genohoption.tl.logistic_regression_baseline`."""
+
 PERTURBATION_LAYER_PREFIX = "genohoption_"
 """``adata.layers`` prefix for predicted perturbed expression (``genohoption_A+B``)."""
 
@@ -40,6 +46,16 @@ UNS_PREDICT_PERTURBATION = "predict_perturbation"
 
 UNS_READ_GEARS = "read_gears"
 """``adata.uns`` key written by :func:`genohoption.datasets.read_gears`."""
+
+UNS_SIMULATION = "simulation"
+"""``adata.uns`` key written by :func:`genohoption.datasets.simulate_perturbation`."""
+
+# ---------------------------------------------------------------- datasets: obs / var columns
+LANE_KEY = "lane"
+"""``adata.obs`` column of :func:`genohoption.datasets.pbmc68k_reduced` with the 10x lane of each cell."""
+
+GENE_NAME_KEY = "gene_name"
+"""``adata.var`` column with gene symbols in GEARS files (written by :func:`genohoption.datasets.read_gears`)."""
 
 # ---------------------------------------------------------------- model registry and minibatches
 PERT_KEY = "perturbation"

@@ -10,7 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._conditions import gene_index, parse_conditions
-from .._constants import UNS_READ_GEARS
+from .._constants import GENE_NAME_KEY, UNS_READ_GEARS
 from .._validate import check_obs_key, check_values
 
 logger = logging.getLogger(__name__)
@@ -75,8 +75,8 @@ def read_gears(
             f"{path.name} has no gene symbol column in var (looked for {SYMBOL_COLUMNS}); GEARS "
             "conditions are written with symbols."
         )
-    if "gene_name" not in adata.var:
-        adata.var["gene_name"] = adata.var[symbol_col].astype(str).to_numpy()
+    if GENE_NAME_KEY not in adata.var:
+        adata.var[GENE_NAME_KEY] = adata.var[symbol_col].astype(str).to_numpy()
     conditions = adata.obs[perturbation_key].astype(str)
     parsed = parse_conditions(conditions, control_value)
     if not (conditions == control_value).any():
@@ -86,7 +86,7 @@ def read_gears(
         )
     check_values(adata.X, f"X of {path.name} (GEARS files hold log-normalised counts)")
     adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
-    index = gene_index(adata.var["gene_name"].astype(str))
+    index = gene_index(adata.var[GENE_NAME_KEY].astype(str))
     unmeasured = sorted({g for genes in parsed.values() for g in genes if g not in index})
     n_dropped = 0
     if drop_unmeasured and unmeasured:

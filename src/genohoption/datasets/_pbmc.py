@@ -6,6 +6,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .._constants import LANE_KEY
+
 
 def pbmc68k_reduced() -> ad.AnnData:
     """Scanpy's bundled ``pbmc68k_reduced`` with log-normalised expression in ``.X``.
@@ -49,7 +51,7 @@ def pbmc68k_reduced() -> ad.AnnData:
         obsm={k: np.asarray(v).copy() for k, v in src.obsm.items()},
     )
     lane = pd.Index(adata.obs_names).str.rsplit("-", n=1).str[-1]
-    adata.obs["lane"] = pd.Categorical(lane, categories=sorted(set(lane), key=int))
+    adata.obs[LANE_KEY] = pd.Categorical(lane, categories=sorted(set(lane), key=int))
     for key in ("bulk_labels_colors",):
         if key in src.uns:
             adata.uns[key] = src.uns[key]

@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .._constants import UNS_SIMULATION
+
 logger = logging.getLogger(__name__)
 
 
@@ -183,7 +185,7 @@ def simulate_perturbation(
     )
     var = pd.DataFrame({"gene_name": genes.astype(str)}, index=pd.Index(genes.astype(str)))
     adata = AnnData(X=sp.csr_matrix(lognorm), obs=obs, var=var, layers={"counts": sp.csr_matrix(counts)})
-    adata.uns["simulation"] = {
+    adata.uns[UNS_SIMULATION] = {
         "params": {
             "n_genes": int(n),
             "n_perturbed": int(perturbed.size),

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from .._constants import BASELINE_PREDICTION_KEY
+
 if TYPE_CHECKING:
     from anndata import AnnData
 
@@ -56,7 +58,7 @@ def logistic_regression_baseline(
     labels_key: str,
     *,
     layer: str | None = None,
-    key_added: str = "logreg_prediction",
+    key_added: str = BASELINE_PREDICTION_KEY,
     C: float = 1.0,
     max_iter: int = 1000,
     random_state: int | None = 0,
