@@ -41,6 +41,10 @@ print(json.dumps({"norm": norm, "seed": seed, "accuracy": m["accuracy"], "macro_
 """
 
 
+def _sd(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--norms", nargs="+", default=["batch", "layer"], choices=["batch", "layer", "none"])
@@ -62,9 +66,8 @@ def main() -> None:
     for norm in args.norms:
         acc = [r["accuracy"] for r in rows if r["norm"] == norm]
         f1 = [r["macro_f1"] for r in rows if r["norm"] == norm]
-        sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
-        print(f"{norm:<7} accuracy {statistics.mean(acc):.3f} ± {sd(acc):.3f}   macro F1 "
-              f"{statistics.mean(f1):.3f} ± {sd(f1):.3f}   ({len(acc)} seeds)")
+        print(f"{norm:<7} accuracy {statistics.mean(acc):.3f} ± {_sd(acc):.3f}   macro F1 "
+              f"{statistics.mean(f1):.3f} ± {_sd(f1):.3f}   ({len(acc)} seeds)")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)

@@ -17,7 +17,7 @@ except PackageNotFoundError:  # pragma: no cover - not installed
     __version__ = "0.0.0"
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily
-    from . import data, datasets, model, module, nn, pl, pp, tl
+    from . import data, datasets, model, module, nn, pl, pp, tl  # noqa: F401
     from .model import GenoHoptionModel
 
 _SUBMODULES = frozenset({"data", "datasets", "model", "module", "nn", "pl", "pp", "tl"})

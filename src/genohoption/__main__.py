@@ -37,7 +37,7 @@ class UserError(Exception):
 class _Parser(argparse.ArgumentParser):
     """Argument parser whose errors are one line on stderr (``prog: error: message``), exit status 2."""
 
-    def error(self, message: str):  # noqa: D102 - argparse API
+    def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -122,7 +122,7 @@ def _check_writable_dir(path: Path, option: str, *, create: bool) -> None:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    """Checks that need no data: paths of the inputs, the outputs and the prior."""
+    """Check what needs no data: paths of the inputs, the outputs and the prior."""
     if (args.reference is None) != (args.query is None):
         given = "--reference" if args.reference is not None else "--query"
         raise UserError(f"only {given} given; give both --reference and --query, or neither for the bundled "
@@ -154,7 +154,7 @@ def _read_h5ad(path: Path, option: str):
 
     try:
         return ad.read_h5ad(path)
-    except Exception as err:  # noqa: BLE001 - any failure to parse the user's file is a user error
+    except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise UserError(f"{option} {path}: cannot read it as .h5ad ({type(err).__name__}: {first}); give an "
                         "AnnData file written by anndata / scanpy.") from None
@@ -178,7 +178,7 @@ def _warn(message: str) -> None:
 
 
 def _check_data(reference, query, labels_key: str, args: argparse.Namespace) -> None:
-    """Checks of the loaded data: labels, layer, gene symbols, shared genes."""
+    """Check the loaded data: labels, layer, gene symbols, shared genes."""
     if labels_key not in reference.obs:
         cols = ", ".join(map(str, reference.obs.columns)) or "none"
         raise UserError(f"the reference has no obs column {labels_key!r} (columns: {cols}); pass --labels-key "

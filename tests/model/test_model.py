@@ -217,7 +217,7 @@ def test_seeded_training_is_reproducible(pbmc):
 
 # ------------------------------------------------------------------ save / load (scvi-tools conventions)
 def test_save_load_keeps_history_graph_and_prefix(trained, tmp_path):
-    model, ref, query = trained
+    model, ref, _ = trained
     model.save(tmp_path, prefix="ppr_", save_anndata=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ppr_adata.h5ad", "ppr_model.json", "ppr_model.safetensors"]
     loaded = gh.GenoHoptionModel.load(tmp_path, prefix="ppr_")

@@ -281,7 +281,7 @@ class GenoHoptionModel(BaseModelClass):
         return self._task.labels
 
     def _query(self, adata: AnnData | None) -> AnnData:
-        """The data to run inference on: ``adata`` (AnnData / MuData) or the model's own."""
+        """Return the data to run inference on: ``adata`` (AnnData / MuData) or the model's own."""
         if adata is None:
             if self.adata is None:
                 raise ValueError("This model holds no data: pass the AnnData to predict on, e.g. model.predict(adata).")

@@ -85,7 +85,7 @@ class Task:
 
 
 def task_class(setup_args: dict) -> type[Task]:
-    """The task chosen by the arguments of ``setup_anndata``."""
+    """Return the task class chosen by the arguments of ``setup_anndata``."""
     from ._annotation import AnnotationTask
     from ._perturbation import PerturbationTask
 

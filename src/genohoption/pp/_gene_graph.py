@@ -16,7 +16,6 @@ from scipy import sparse
 from .._constants import GRAPH_KEY, GRAPH_SOURCE_SUFFIX
 from .._utils import _save_data
 from .._validate import as_anndata, check_key, check_unique_var_names, check_values, get_matrix, matrix_name
-
 from ._coexpression import coexpression_topk_approx, coexpression_topk_exact
 from ._priors import read_prior
 
