@@ -39,6 +39,7 @@ class AnnotationTask(Task):
     """Cell-type annotation (``setup_anndata(adata, labels_key=...)``)."""
 
     name = "annotation"
+    categorical_field = ("labels_key", REGISTRY_KEYS.LABELS_KEY)
     wrong_method_hint = (
         "this model classifies cells; predict_perturbation needs a model set up with "
         "GenoHoptionModel.setup_anndata(adata, perturbation_key='condition')."
@@ -58,22 +59,6 @@ class AnnotationTask(Task):
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
             CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
         ]
-
-    @classmethod
-    def can_register(cls, adata: AnnData, registry: dict) -> bool:
-        """``adata`` has the model's genes in order, its layer, and labels among the saved cell types."""
-        setup = registry["setup_args"]
-        labels_key, layer = setup["labels_key"], setup["layer"]
-        genes = registry["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"]["column_names"]
-        known = registry["field_registries"][REGISTRY_KEYS.LABELS_KEY]["state_registry"]["categorical_mapping"]
-        if adata.is_view or labels_key not in adata.obs or (layer is not None and layer not in adata.layers):
-            return False
-        labels = adata.obs[labels_key]
-        return (
-            not labels.isna().any()
-            and bool(pd.Index(labels.astype(str).unique()).isin(np.asarray(known, dtype=str)).all())
-            and adata.var_names.astype(str).equals(pd.Index(np.asarray(genes, dtype=str)))
-        )
 
     # ---------------------------------------------------------------- model
     @property

@@ -74,6 +74,7 @@ class PerturbationTask(Task):
 
     name = "perturbation"
     data_splitter_cls = PerturbationDataSplitter
+    categorical_field = ("perturbation_key", K.PERT_KEY)
     wrong_method_hint = (
         "this is a perturbation model (set up with perturbation_key=): use "
         "model.predict_perturbation(ctrl_adata, 'A+B')."
@@ -94,22 +95,6 @@ class PerturbationTask(Task):
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
             PerturbationField(K.PERT_KEY, perturbation_key, gene_symbols, control_value),
         ]
-
-    @classmethod
-    def can_register(cls, adata: AnnData, registry: dict) -> bool:
-        """``adata`` has the model's genes in order, its layer, and conditions among the saved ones."""
-        setup = registry["setup_args"]
-        key, layer = setup["perturbation_key"], setup["layer"]
-        genes = registry["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"]["column_names"]
-        known = registry["field_registries"][K.PERT_KEY]["state_registry"]["categorical_mapping"]
-        if adata.is_view or key not in adata.obs or (layer is not None and layer not in adata.layers):
-            return False
-        conditions = adata.obs[key]
-        return (
-            not conditions.isna().any()
-            and bool(pd.Index(conditions.astype(str).unique()).isin(np.asarray(known, dtype=str)).all())
-            and adata.var_names.astype(str).equals(pd.Index(np.asarray(genes, dtype=str)))
-        )
 
     # ---------------------------------------------------------------- model
     @property

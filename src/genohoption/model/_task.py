@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+import pandas as pd
 import torch
+from scvi import REGISTRY_KEYS
 from scvi.dataloaders import DataSplitter
 
 if TYPE_CHECKING:
@@ -48,10 +50,30 @@ class Task:
         """
         raise NotImplementedError
 
+    #: ``(setup argument naming the obs column, registry field key)`` of the task's categorical field
+    categorical_field: ClassVar[tuple[str, str]] = ("", "")
+
     @classmethod
     def can_register(cls, adata: AnnData, registry: dict) -> bool:
-        """Whether ``adata`` can take a saved model's registry (so that training can go on)."""
-        raise NotImplementedError
+        """Whether ``adata`` can take a saved model's registry (so that training can go on).
+
+        It must not be a view, must have the model's genes in order and its layer, and its categorical
+        column (cell types or conditions) must hold only categories the model was trained on.
+        """
+        setup = registry["setup_args"]
+        setup_key, field_key = cls.categorical_field
+        obs_key, layer = setup[setup_key], setup["layer"]
+        fields = registry["field_registries"]
+        genes = fields[REGISTRY_KEYS.X_KEY]["state_registry"]["column_names"]
+        known = fields[field_key]["state_registry"]["categorical_mapping"]
+        if adata.is_view or obs_key not in adata.obs or (layer is not None and layer not in adata.layers):
+            return False
+        values = adata.obs[obs_key]
+        return (
+            not values.isna().any()
+            and bool(pd.Index(values.astype(str).unique()).isin(np.asarray(known, dtype=str)).all())
+            and adata.var_names.astype(str).equals(pd.Index(np.asarray(genes, dtype=str)))
+        )
 
     # ---------------------------------------------------------------- model construction
     def build_module(self, adata: AnnData | None, graph: sparse.csr_matrix | None, params: dict[str, Any]
