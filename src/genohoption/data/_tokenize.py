@@ -37,7 +37,7 @@ class Tokens:
 
 def tokenize(
     x: torch.Tensor,
-    max_seq_len: int,
+    max_seq_len: int | None,
     *,
     cls_token: bool = True,
     sample: bool = False,
@@ -59,7 +59,8 @@ def tokenize(
     x
         ``(B, n_vars)`` dense expression, non-negative.
     max_seq_len
-        Maximum sequence length including the CLS token; at least 2.
+        Maximum sequence length including the CLS token, at least 2; ``None``: no cap (every kept gene
+        of the cell is a token).
     cls_token
         Put a CLS token at position 0 of every row.
     sample
@@ -83,7 +84,7 @@ def tokenize(
     ValueError
         If ``max_seq_len < 2`` or ``x`` is not 2-D.
     """
-    if max_seq_len < 2:
+    if max_seq_len is not None and max_seq_len < 2:
         raise ValueError(f"max_seq_len must be at least 2 (one CLS and one gene token), got {max_seq_len}.")
     if x.ndim != 2:
         raise ValueError(f"x must be (B, n_vars), got shape {tuple(x.shape)}.")
@@ -91,7 +92,7 @@ def tokenize(
     keep = torch.ones_like(x, dtype=torch.bool) if include_zero else x > 0
     if force is not None:
         keep = keep | force
-    n_gene_slots = min(max_seq_len - int(cls_token), n_vars)
+    n_gene_slots = n_vars if max_seq_len is None else min(max_seq_len - int(cls_token), n_vars)
     n_keep = int(keep.sum(1).max()) if n_cells else 0
     n_gene_slots = max(min(n_gene_slots, n_keep), 1)
     if sample:

@@ -11,12 +11,18 @@ from ._pretrained import (
     map_genes,
     read_pretrained,
 )
-from ._training import ClassificationTrainingPlan, RegressionTrainingPlan, RestoreBestWeights
+from ._training import (
+    ClassificationTrainingPlan,
+    MaskedExpressionTrainingPlan,
+    RegressionTrainingPlan,
+    RestoreBestWeights,
+)
 
 __all__ = [
     "CheckpointError",
     "ClassificationTrainingPlan",
     "GeneMapping",
+    "MaskedExpressionTrainingPlan",
     "GenoHoptionModel",
     "PreciseBatchNorm",
     "PretrainedCheckpoint",

@@ -113,9 +113,20 @@ class AnnotationTask(Task):
         return module
 
     def training_plan(self, **plan_kwargs) -> ClassificationTrainingPlan:
-        """Cross-entropy plan with accuracy and macro F1."""
-        return ClassificationTrainingPlan(self.model.module, n_classes=self.model.summary_stats.n_labels,
-                                          **plan_kwargs)
+        """Cross-entropy plan with accuracy and macro F1.
+
+        ``class_weight="balanced"`` weighs each cell type by ``n_cells / (n_types * n_cells_of_type)``
+        over the registered cells (scikit-learn's "balanced").
+        """
+        n_labels = self.model.summary_stats.n_labels
+        if isinstance(plan_kwargs.get("class_weight"), str):
+            if plan_kwargs["class_weight"] != "balanced":
+                raise ValueError(f"class_weight={plan_kwargs['class_weight']!r}: use 'balanced', weights or None.")
+            codes = np.asarray(self.model.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).ravel()
+            counts = np.bincount(codes.astype(np.int64), minlength=n_labels).astype(np.float64)
+            plan_kwargs["class_weight"] = torch.as_tensor(
+                np.where(counts > 0, counts.sum() / (n_labels * np.maximum(counts, 1)), 0.0), dtype=torch.float32)
+        return ClassificationTrainingPlan(self.model.module, n_classes=n_labels, **plan_kwargs)
 
     def summary(self) -> str:
         """Backbone, attention and sizes."""

@@ -74,8 +74,10 @@ class GenoHoptionModel(BaseModelClass):
         Dropout probability (default 0, for small models trained from scratch; scGPT fine-tunes
         pretrained weights with 0.2).
     max_seq_len
-        Maximum tokens per cell, CLS included; cells with more expressed genes keep a random subset
-        during training and their most expressed genes at inference.
+        Maximum tokens per cell, CLS included; ``None`` (default): every expressed gene of a cell is a
+        token (whole cells; the sparse attention's cost grows with the graph's edges among them). With a
+        cap, cells with more expressed genes keep a random subset during training and their most
+        expressed genes at inference.
     n_cls_layers
         Layers of the classifier head.
     cls_input_norm
@@ -149,7 +151,7 @@ class GenoHoptionModel(BaseModelClass):
         n_layers: int = 2,
         d_hid: int = 128,
         dropout: float = 0.0,
-        max_seq_len: int = 512,
+        max_seq_len: int | None = None,
         n_cls_layers: int = 3,
         cls_input_norm: Literal["batch", "layer"] | None = "batch",
         pretrained: str | os.PathLike | None = None,
@@ -188,6 +190,7 @@ class GenoHoptionModel(BaseModelClass):
                 )
             graph = check_graph(adata, graph_key) if graph_key is not None else None
         self.pretrained_report_ = None
+        self.pretrain_history_: dict | None = None
         self.module = self._task.build_module(adata, graph, self.params, checkpoint=checkpoint, genes=genes)
         if checkpoint is not None:  # the head decision is part of the architecture: save it
             self.init_params_["non_kwargs"]["backbone_config"] = self.params["backbone_config"]
@@ -199,11 +202,13 @@ class GenoHoptionModel(BaseModelClass):
         cls,
         adata: AnnData,
         layer: str | None = None,
-        labels_key: str = "cell_type",
+        labels_key: str | None = "cell_type",
         graph_key: str | None = K.GRAPH_KEY,
         perturbation_key: str | None = None,
         control_value: str = "ctrl",
         gene_symbols: str | None = None,
+        prior: pd.DataFrame | str | os.PathLike | Sequence | None = "default",
+        extra_genes: Sequence[str] | None = None,
         **kwargs,
     ) -> None:
         """Register an AnnData for training and choose the task (scvi-tools ``setup_anndata``).
@@ -220,7 +225,10 @@ class GenoHoptionModel(BaseModelClass):
         layer
             Layer with the expression; ``None`` uses ``adata.X``.
         labels_key
-            Column of ``adata.obs`` with the cell types to learn (annotation task).
+            Column of ``adata.obs`` with the cell types to learn (annotation task). ``None`` (and no
+            ``perturbation_key``): the data are for self-supervised pretraining (masked expression);
+            ``model.train()`` then pretrains a backbone that ``GenoHoptionModel(..., pretrained=dir)``
+            fine-tunes after ``model.save(dir)``.
         graph_key
             Key of ``adata.varp`` with the gene graph (written by :func:`genohoption.pp.build_gene_graph`);
             ``None`` only for ``attention="dense"``.
@@ -229,12 +237,23 @@ class GenoHoptionModel(BaseModelClass):
             ``"ctrl+A"``, ``"A+B"``; Roohani et al. 2023). When given, the task is perturbation
             prediction (:meth:`predict_perturbation`) and ``labels_key`` is not used. Training pairs each
             cell (the target) with a random control cell (the input), drawn anew for every minibatch.
-            Perturbed genes must be among the measured genes.
+            Perturbed genes may be any gene of the gene universe (measured genes, ``prior`` network
+            genes, ``extra_genes``), measured or not.
         control_value
             The control condition in ``perturbation_key``.
         gene_symbols
             Column of ``adata.var`` with the gene symbols the conditions use (GEARS files: ``"gene_name"``;
             ``var_names`` are Ensembl ids there); ``None`` matches conditions against ``var_names``.
+        prior
+            Perturbation models: the regulatory network whose genes can be perturbed although not
+            measured (as for :func:`genohoption.pp.build_gene_graph`: ``"default"``, the packaged OmniPath
+            network, a DataFrame with ``source`` / ``target``, a file, a list of these, or ``None``). Its
+            edges between unmeasured and measured genes carry an unmeasured gene's perturbation
+            (:class:`~genohoption.module.PerturbationModule`); the model saves the genes and edges it
+            used, not the table.
+        extra_genes
+            Perturbation models: more gene symbols that may be perturbed although neither measured nor
+            in ``prior`` (e.g. every target of a screen); they reach the cell only through the CLS token.
         **kwargs
             Passed to :meth:`scvi.data.AnnDataManager.register_fields` (``source_registry`` when a saved
             model's registry is transferred by :meth:`load`).
@@ -245,7 +264,7 @@ class GenoHoptionModel(BaseModelClass):
             If ``adata`` is not an AnnData / MuData.
         KeyError
             If ``labels_key``, ``graph_key``, ``layer``, ``perturbation_key`` or ``gene_symbols`` is
-            missing, or a perturbed gene is not measured.
+            missing, or a perturbed gene is not in the gene universe.
         ValueError
             For duplicated ``var_names``, NaN / inf / negative expression, missing labels, fewer than two
             cell types, an invalid graph, malformed conditions or no control cell.
@@ -254,6 +273,8 @@ class GenoHoptionModel(BaseModelClass):
         adata = as_anndata(adata)
         setup_args = setup_method_args["setup_args"]
         fields = task_class(setup_args).setup_fields(adata, transfer="source_registry" in kwargs, **setup_args)
+        if not isinstance(prior, str | os.PathLike | None):  # the registry keeps the universe, not the table
+            setup_args["prior"] = f"{type(prior).__name__} (not saved)"
         manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         manager.register_fields(adata, **kwargs)
         cls.register_manager(manager)
@@ -280,13 +301,17 @@ class GenoHoptionModel(BaseModelClass):
         """Cell types the classifier predicts, in logit order (annotation models)."""
         return self._task.labels
 
-    def _query(self, adata: AnnData | None) -> AnnData:
-        """Return the data to run inference on: ``adata`` (AnnData / MuData) or the model's own."""
+    def _data(self, adata: AnnData | None) -> AnnData:
+        """Return ``adata`` (AnnData / MuData) as an AnnData, or the model's own data."""
         if adata is None:
             if self.adata is None:
-                raise ValueError("This model holds no data: pass the AnnData to predict on, e.g. model.predict(adata).")
+                raise ValueError("This model holds no data: pass the AnnData to use, e.g. model.predict(adata).")
             adata = self.adata
-        adata = as_anndata(adata)
+        return as_anndata(adata)
+
+    def _query(self, adata: AnnData | None) -> AnnData:
+        """Return the data to run inference on (see :meth:`_data`), warning if the model is untrained."""
+        adata = self._data(adata)
         if not self.is_trained_ and self.pretrained_report_ is None:
             warnings.warn(
                 "The model has not been trained (its weights are random): call model.train() first.",
@@ -397,6 +422,73 @@ class GenoHoptionModel(BaseModelClass):
             **trainer_kwargs,
         )
         return runner()
+
+    def pretrain(
+        self,
+        adata: AnnData | None = None,
+        *,
+        max_epochs: int = 10,
+        mask_ratio: float = 0.4,
+        batch_size: int = 64,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        train_size: float = 0.9,
+        early_stopping: bool = True,
+        early_stopping_patience: int = 3,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ) -> None:
+        """Pretrain the backbone on unlabelled cells by masked expression modelling, before :meth:`train`.
+
+        A random ``mask_ratio`` of each cell's gene tokens have their value hidden; the backbone
+        predicts them from the other tokens through the graph-diffusion layers and from the cell
+        embedding (scGPT's GEP and GEPC objectives, Cui et al. 2024;
+        :class:`~genohoption.module.PretrainingModule`). Any cells serve, labelled or not: the reference,
+        the query itself (transductive), or a larger corpus; genes are matched to the model's by name
+        (missing ones count as not expressed). The backbone is changed in place; the classifier is not
+        touched. The history is in :attr:`pretrain_history_` (``train_loss``, ``validation_loss``,
+        ``*_mse_token``, ``*_mse_cell``), the weights of the best validation epoch are restored.
+
+        To pretrain once and fine-tune many times, set up the corpus without labels
+        (``setup_anndata(corpus, labels_key=None)``), train that model, ``save`` it and pass its directory
+        as ``pretrained=``.
+
+        Parameters
+        ----------
+        adata
+            Cells to pretrain on, ``(n_obs, n_vars)``, same kind of values (layer) as the model's data;
+            default: the model's own data.
+        max_epochs, batch_size, lr, weight_decay, train_size, early_stopping, early_stopping_patience
+            As in :meth:`train` (early stopping on the masked-value loss of held-out cells).
+        mask_ratio
+            Fraction of gene tokens whose value is hidden, in ``(0, 1)`` (default 0.4).
+        accelerator, devices, plan_kwargs, **trainer_kwargs
+            As in :meth:`train`.
+
+        Raises
+        ------
+        ValueError
+            For a Geneformer backbone (only the scGPT-style backbone is pretrained here), a
+            ``mask_ratio`` outside ``(0, 1)``, or data that share no gene with the model.
+        """
+        from ._pretraining import pretrain_backbone
+
+        if self.task == "perturbation":
+            raise TypeError("pretrain() applies to annotation models: " + self._task.wrong_method_hint)
+        if self.task == "pretraining":
+            raise TypeError("This model is set up for pretraining: call model.train() to pretrain it.")
+        adata = self._data(adata)
+        for name, value in (("max_epochs", max_epochs), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        self.pretrain_history_ = pretrain_backbone(
+            self, adata, mask_ratio=mask_ratio, max_epochs=max_epochs, batch_size=batch_size, lr=lr,
+            weight_decay=weight_decay, train_size=train_size, early_stopping=early_stopping,
+            early_stopping_patience=early_stopping_patience, accelerator=accelerator, devices=devices,
+            plan_kwargs=plan_kwargs, trainer_kwargs=trainer_kwargs,
+        )
 
     # ------------------------------------------------------------------ inference
     def get_latent_representation(self, adata: AnnData | None = None, *, batch_size: int = 128) -> np.ndarray:
@@ -560,7 +652,8 @@ class GenoHoptionModel(BaseModelClass):
         if save_anndata and self.adata is None:
             raise ValueError("save_anndata=True, but the model holds no AnnData (it was loaded without one).")
         meta = {"class": type(self).__name__, "init_params": self.init_params_, "registry": self.registry_,
-                "history": self.history_, "is_trained": bool(self.is_trained_)}
+                "history": self.history_, "pretrain_history": self.pretrain_history_,
+                "is_trained": bool(self.is_trained_)}
         paths = save_model_files(dir_path, self.module.state_dict(), meta, prefix=prefix, overwrite=overwrite)
         if save_anndata:
             self.adata.write_h5ad(paths["adata"], **anndata_write_kwargs)
@@ -626,6 +719,7 @@ class GenoHoptionModel(BaseModelClass):
         model.module.eval()
         model.is_trained_ = bool(meta.get("is_trained", True))
         model.history_ = meta.get("history")
+        model.pretrain_history_ = meta.get("pretrain_history")
         model._model_summary_string = model._task.summary()
         if adata is not None:
             adata = as_anndata(adata)
@@ -647,8 +741,8 @@ def _check_init_args(backbone, attention, max_seq_len, d_model, n_heads, n_layer
         raise ValueError(f"backbone={backbone!r} is not available; use one of {K.BACKBONES}.")
     if attention not in K.ATTENTIONS:
         raise ValueError(f"attention={attention!r} is unknown; choose one of {K.ATTENTIONS}.")
-    if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 2:
-        raise ValueError(f"max_seq_len must be an integer of at least 2 (CLS plus one gene), got {max_seq_len!r}.")
+    if max_seq_len is not None and (isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 2):
+        raise ValueError(f"max_seq_len must be None or an integer of at least 2 (CLS plus one gene), got {max_seq_len!r}.")
     sizes = {"d_model": d_model, "n_heads": n_heads, "n_layers": n_layers, "d_hid": d_hid, "n_hops": n_hops}
     if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes.values()) or d_model % n_heads:
         raise ValueError("d_model, n_heads, n_layers, d_hid and n_hops must be positive integers, "

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from .._safe_pickle import UnsafePickleError, safe_load_pickle
+from ._io import META_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +162,10 @@ def read_pretrained(path: str | os.PathLike, backbone: str) -> PretrainedCheckpo
     Parameters
     ----------
     path
-        scGPT: directory with ``best_model.pt``, ``args.json``, ``vocab.json``. Geneformer: Hugging Face
+        scGPT: directory with ``best_model.pt``, ``args.json``, ``vocab.json``, or a directory written by
+        :meth:`GenoHoptionModel.save <genohoption.GenoHoptionModel.save>` of a model with the scGPT-style
+        backbone (e.g. pretrained with :meth:`~genohoption.GenoHoptionModel.pretrain`; its genes are the
+        vocabulary, matched by name). Geneformer: Hugging Face
         BERT directory with ``config.json`` and ``model.safetensors`` or ``pytorch_model.bin``, and the
         dictionaries ``token_dictionary*.pkl``, ``gene_median_dictionary*.pkl`` (required) and
         ``gene_name_id_dict*.pkl`` (optional) there or in its parent directory.
@@ -186,6 +190,8 @@ def read_pretrained(path: str | os.PathLike, backbone: str) -> PretrainedCheckpo
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"Pretrained checkpoint directory {root} not found.")
+    if backbone == "scgpt" and (root / META_FILE).is_file() and not (root / "best_model.pt").is_file():
+        return _read_genohoption(root)
     if backbone == "scgpt":
         return _read_scgpt(root)
     if backbone == "geneformer":
@@ -247,6 +253,43 @@ def _read_scgpt(root: Path) -> PretrainedCheckpoint:
         "n_cls_layers": int(args.get("n_layers_cls", 3)), "source": str(root),
     }
     return PretrainedCheckpoint("scgpt", root, args, state, vocab, backbone_config=config)
+
+
+def _read_genohoption(root: Path) -> PretrainedCheckpoint:
+    """A directory written by ``GenoHoptionModel.save``: its backbone, in scGPT's key names."""
+    from ._io import load_model_files
+
+    state, meta = load_model_files(root)
+    params = {**meta["init_params"]["non_kwargs"], **meta["init_params"]["kwargs"]}
+    if params.get("backbone", "scgpt") != "scgpt":
+        raise CheckpointError(f"{root} holds a {params['backbone']!r} backbone; pass backbone={params['backbone']!r}.")
+    backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    emb = backbone.get("encoder.embedding.weight")
+    if emb is None:
+        raise CheckpointError(f"{root} holds no scGPT-style backbone (no backbone.encoder.embedding.weight).")
+    genes = np.asarray(meta["registry"]["field_registries"]["X"]["state_registry"]["column_names"], dtype=str)
+    config = dict(params.get("backbone_config") or {})
+    g2t = backbone.pop("gene_to_token", None)
+    if g2t is None:  # a vocabulary of its own: genes 0 … n-1, <cls> = n, <pad> = n + 1
+        vocab = {g: i for i, g in enumerate(genes)}
+        cls_id, pad_id = len(genes), len(genes) + 1
+    else:
+        vocab = {g: int(t) for g, t in zip(genes, g2t.tolist(), strict=True) if t >= 0}
+        cls_id, pad_id = int(config["cls_id"]), int(config["pad_id"])
+    vocab.update({"<cls>": cls_id, "<pad>": pad_id})
+    layers = {int(m.group(1)) for k in backbone if (m := re.match(r"transformer_encoder\.layers\.(\d+)\.", k))}
+    value_bins = backbone.get("value_encoder.embedding.weight")
+    backbone_config = {
+        "d_model": int(emb.shape[1]), "n_heads": int(config.get("n_heads", params["n_heads"])),
+        "n_layers": len(layers), "d_hid": int(backbone["transformer_encoder.layers.0.linear1.weight"].shape[0]),
+        "n_tokens": int(emb.shape[0]), "cls_id": cls_id, "pad_id": pad_id,
+        "input_emb_style": "category" if value_bins is not None else "continuous",
+        "n_input_bins": int(value_bins.shape[0]) if value_bins is not None else None,
+        "pad_value": float(config.get("pad_value", 0.0)), "n_bins": config.get("n_bins"),
+        "n_cls_layers": int(config.get("n_cls_layers", params.get("n_cls_layers", 3))), "source": str(root),
+    }
+    return PretrainedCheckpoint("scgpt", root, {"format": "genohoption", **params}, backbone, vocab,
+                                backbone_config=backbone_config)
 
 
 def _read_geneformer(root: Path) -> PretrainedCheckpoint:

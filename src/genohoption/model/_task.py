@@ -107,11 +107,17 @@ class Task:
 
 
 def task_class(setup_args: dict) -> type[Task]:
-    """Return the task class chosen by the arguments of ``setup_anndata``."""
+    """Return the task class chosen by the arguments of ``setup_anndata``.
+
+    ``perturbation_key`` given: perturbation; else ``labels_key`` given: annotation; else pretraining.
+    """
     from ._annotation import AnnotationTask
     from ._perturbation import PerturbationTask
+    from ._pretraining import PretrainingTask
 
-    return PerturbationTask if setup_args.get("perturbation_key") else AnnotationTask
+    if setup_args.get("perturbation_key"):
+        return PerturbationTask
+    return AnnotationTask if setup_args.get("labels_key") is not None else PretrainingTask
 
 
 def graph_tensors(graph: sparse.csr_matrix | None, n_genes: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Literal
 
 import torch
@@ -15,9 +16,15 @@ from .._constants import CTRL_X_KEY, PERT_GENES_KEY
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClassificationTrainingPlan", "RegressionTrainingPlan", "RestoreBestWeights"]
+__all__ = [
+    "ClassificationTrainingPlan",
+    "MaskedExpressionTrainingPlan",
+    "RegressionTrainingPlan",
+    "RestoreBestWeights",
+]
 
 OPTIMIZERS = ("AdamW", "Adam")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class _SupervisedTrainingPlan(LightningModule):
@@ -33,11 +40,17 @@ class _SupervisedTrainingPlan(LightningModule):
         Weight decay (decoupled for ``"AdamW"``).
     optimizer
         ``"AdamW"`` (default) or ``"Adam"``.
+    lr_schedule
+        ``"constant"`` (default) or ``"cosine"``: cosine decay to 0 over the planned steps
+        (``max_epochs`` × minibatches; Loshchilov & Hutter 2017), after the warm-up.
+    warmup
+        Fraction of the planned steps over which the learning rate rises linearly from 0 (default 0:
+        none; Goyal et al. 2017).
 
     Raises
     ------
     ValueError
-        For an unknown optimizer or a non-positive learning rate.
+        For an unknown optimizer or schedule, a non-positive learning rate or a warm-up outside [0, 1).
     """
 
     def __init__(
@@ -47,24 +60,47 @@ class _SupervisedTrainingPlan(LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         optimizer: Literal["AdamW", "Adam"] = "AdamW",
+        lr_schedule: Literal["constant", "cosine"] = "constant",
+        warmup: float = 0.0,
     ):
         super().__init__()
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer={optimizer!r} is unknown; choose one of {OPTIMIZERS}.")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule={lr_schedule!r} is unknown; choose one of {LR_SCHEDULES}.")
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr!r}.")
+        if not 0.0 <= warmup < 1.0:
+            raise ValueError(f"warmup must be a fraction in [0, 1), got {warmup!r}.")
         self.module = module
         self.lr, self.weight_decay, self.optimizer_name = float(lr), float(weight_decay), optimizer
+        self.lr_schedule, self.warmup = lr_schedule, float(warmup)
 
     def forward(self, *args, **kwargs):
         """Pass through to the module."""
         return self.module(*args, **kwargs)
 
     def configure_optimizers(self):
-        """AdamW (or Adam) over the trainable parameters."""
+        """AdamW (or Adam) over the trainable parameters, with the learning-rate schedule."""
         params = [p for p in self.module.parameters() if p.requires_grad]
         cls = torch.optim.AdamW if self.optimizer_name == "AdamW" else torch.optim.Adam
-        return cls(params, lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = cls(params, lr=self.lr, weight_decay=self.weight_decay)
+        if self.lr_schedule == "constant" and self.warmup == 0.0:
+            return optimizer
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warm = int(round(self.warmup * total))
+        cosine = self.lr_schedule == "cosine"
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            if not cosine:
+                return 1.0
+            progress = min((step - warm) / max(total - warm, 1), 1.0)
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _log(self, name: str, value, batch_size: int, prog_bar: bool = False) -> None:
         self.log(name, value, on_step=False, on_epoch=True, prog_bar=prog_bar, batch_size=batch_size)
@@ -83,24 +119,43 @@ class ClassificationTrainingPlan(_SupervisedTrainingPlan):
         :class:`~genohoption.module.AnnotationModule`: ``module(x)["logits"]``, ``module.loss``.
     n_classes
         Number of cell types.
+    class_weight
+        ``(n_classes,)`` weights of the classes in the training loss (e.g. inverse frequencies, to
+        balance rare types); ``None``: equal. The validation loss is unweighted.
+    label_smoothing
+        Label smoothing of the training loss, in ``[0, 1)`` (default 0).
     **kwargs
-        ``lr``, ``weight_decay``, ``optimizer`` (see the base plan).
+        ``lr``, ``weight_decay``, ``optimizer``, ``lr_schedule``, ``warmup`` (see the base plan).
     """
 
-    def __init__(self, module: torch.nn.Module, *, n_classes: int, **kwargs):
+    def __init__(self, module: torch.nn.Module, *, n_classes: int, class_weight: torch.Tensor | None = None,
+                 label_smoothing: float = 0.0, **kwargs):
         super().__init__(module, **kwargs)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}.")
+        if class_weight is not None:
+            class_weight = torch.as_tensor(class_weight, dtype=torch.float32)
+            if class_weight.shape != (n_classes,) or not torch.isfinite(class_weight).all() or (class_weight < 0).any():
+                raise ValueError(f"class_weight must hold {n_classes} finite non-negative weights.")
+        self.register_buffer("class_weight", class_weight)
+        self.label_smoothing = float(label_smoothing)
         self.train_accuracy = MulticlassAccuracy(n_classes, average="micro")
         self.validation_accuracy = MulticlassAccuracy(n_classes, average="micro")
         self.validation_macro_f1 = MulticlassF1Score(n_classes, average="macro")
 
-    def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _step(self, batch: dict[str, torch.Tensor], train: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         labels = batch[REGISTRY_KEYS.LABELS_KEY].view(-1).long()
         outputs = self.module(batch[REGISTRY_KEYS.X_KEY])
-        return self.module.loss(outputs, labels), outputs["logits"].argmax(-1), labels
+        if train:
+            loss = self.module.loss(outputs, labels, class_weight=self.class_weight,
+                                    label_smoothing=self.label_smoothing)
+        else:
+            loss = self.module.loss(outputs, labels)
+        return loss, outputs["logits"].argmax(-1), labels
 
     def training_step(self, batch, batch_idx):
         """Cross-entropy on a training minibatch."""
-        loss, pred, labels = self._step(batch)
+        loss, pred, labels = self._step(batch, train=True)
         self.train_accuracy(pred, labels)
         self._log("train_loss", loss, labels.numel(), prog_bar=True)
         self._log("train_accuracy", self.train_accuracy, labels.numel())
@@ -108,7 +163,7 @@ class ClassificationTrainingPlan(_SupervisedTrainingPlan):
 
     def validation_step(self, batch, batch_idx):
         """Loss, accuracy and macro F1 on a validation minibatch (aggregated over the epoch)."""
-        loss, pred, labels = self._step(batch)
+        loss, pred, labels = self._step(batch, train=False)
         self.validation_accuracy(pred, labels)
         self.validation_macro_f1(pred, labels)
         self._log("validation_loss", loss, labels.numel(), prog_bar=True)
@@ -145,6 +200,46 @@ class RegressionTrainingPlan(_SupervisedTrainingPlan):
 
     def validation_step(self, batch, batch_idx):
         """Loss on a validation minibatch."""
+        return self._step(batch, "validation")
+
+
+class MaskedExpressionTrainingPlan(_SupervisedTrainingPlan):
+    """Self-supervised pretraining: predict hidden expression values (scGPT's GEP + GEPC).
+
+    Logged: ``train_loss``, ``validation_loss`` (sum of the two objectives), ``train_mse_token``,
+    ``validation_mse_token`` (values predicted from each token's output) and ``train_mse_cell``,
+    ``validation_mse_cell`` (predicted from the cell embedding). Validation hides values of the same
+    tokens at every pass (a seeded generator), so its losses are comparable across epochs.
+
+    Parameters
+    ----------
+    module
+        :class:`~genohoption.module.PretrainingModule`.
+    **kwargs
+        ``lr``, ``weight_decay``, ``optimizer``, ``lr_schedule``, ``warmup`` (see the base plan).
+    """
+
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        x = batch[REGISTRY_KEYS.X_KEY]
+        if stage == "validation":
+            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+                torch.manual_seed(12345)  # the same hidden values at every validation pass
+                outputs = self.module(x)
+        else:
+            outputs = self.module(x)
+        loss, token, cell = self.module.loss(outputs)
+        n = x.shape[0]
+        self._log(f"{stage}_loss", loss, n, prog_bar=True)
+        self._log(f"{stage}_mse_token", token, n)
+        self._log(f"{stage}_mse_cell", cell, n)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        """Masked-expression loss on a training minibatch."""
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        """Masked-expression loss on a validation minibatch."""
         return self._step(batch, "validation")
 
 

@@ -2,5 +2,6 @@
 
 from ._annotation import AnnotationModule
 from ._perturbation import PerturbationModule
+from ._pretraining import MVCDecoder, PretrainingModule
 
-__all__ = ["AnnotationModule", "PerturbationModule"]
+__all__ = ["AnnotationModule", "MVCDecoder", "PerturbationModule", "PretrainingModule"]

@@ -87,6 +87,21 @@ class AnnotationModule(TaskModule):
         z = cell_embedding(self.backbone, h, tokens)
         return {"z": z, "logits": self.cls_decoder(z)}
 
-    def loss(self, outputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of ``outputs["logits"]`` against integer ``labels`` ``(B,)``."""
-        return F.cross_entropy(outputs["logits"], labels.view(-1).long())
+    def loss(self, outputs: dict[str, torch.Tensor], labels: torch.Tensor, *, class_weight: torch.Tensor | None = None,
+             label_smoothing: float = 0.0) -> torch.Tensor:
+        """Cross-entropy of ``outputs["logits"]`` against integer ``labels`` ``(B,)``.
+
+        Parameters
+        ----------
+        outputs
+            Output of :meth:`forward`.
+        labels
+            ``(B,)`` class indices.
+        class_weight
+            ``(n_labels,)`` weight of each class (the loss is the weighted mean, as
+            :func:`torch.nn.functional.cross_entropy`); ``None``: all 1.
+        label_smoothing
+            Label smoothing in ``[0, 1)`` (Szegedy et al. 2016).
+        """
+        return F.cross_entropy(outputs["logits"], labels.view(-1).long(), weight=class_weight,
+                               label_smoothing=label_smoothing)

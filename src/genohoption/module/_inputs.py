@@ -53,7 +53,8 @@ def build_backbone(n_genes: int, backbone: str, config: dict | None, kwargs: dic
             config = {
                 "vocab_size": n_genes + 1, "hidden_size": kwargs.get("d_model", 64),
                 "num_attention_heads": kwargs.get("n_heads", 4), "num_hidden_layers": kwargs.get("n_layers", 2),
-                "intermediate_size": kwargs.get("d_hid", 128), "max_position_embeddings": kwargs["max_seq_len"],
+                "intermediate_size": kwargs.get("d_hid", 128),
+                "max_position_embeddings": kwargs.get("max_seq_len") or n_genes + 2,
                 "type_vocab_size": 1, "layer_norm_eps": 1e-12, "hidden_act": "relu", "pad_token_id": 0,
                 "cls_token_id": None, "eos_token_id": None,
             }
@@ -66,18 +67,20 @@ def build_backbone(n_genes: int, backbone: str, config: dict | None, kwargs: dic
 
 
 def backbone_tokens(
-    backbone: nn.Module, x: torch.Tensor, max_seq_len: int, *, sample: bool, n_bins: int | None = None
+    backbone: nn.Module, x: torch.Tensor, max_seq_len: int | None, *, sample: bool, n_bins: int | None = None
 ) -> Tokens:
     """Tokenize ``(B, n_genes)`` expression rows the way the backbone was trained.
 
     scGPT: the cell's expressed genes that are in the vocabulary, CLS first
     (:func:`~genohoption.data.tokenize`), values binned per cell when ``n_bins`` is given
     (:func:`~genohoption.data.bin_values`, scGPT ``input_style="binned"``). Geneformer: rank-value
-    encoding (:func:`~genohoption.data.rank_value_encode`) truncated to ``min(max_seq_len, max_position_embeddings)``.
+    encoding (:func:`~genohoption.data.rank_value_encode`) truncated to ``min(max_seq_len, max_position_embeddings)``
+    (``max_seq_len=None``: every expressed gene for scGPT, ``max_position_embeddings`` for Geneformer).
     """
     if isinstance(backbone, GeneformerBackbone):
         special = backbone.special_tokens
-        return rank_value_encode(x, backbone.gene_medians, min(max_seq_len, backbone.max_len),
+        length = backbone.max_len if max_seq_len is None else min(max_seq_len, backbone.max_len)
+        return rank_value_encode(x, backbone.gene_medians, length,
                                  cls_token=special, eos_token=special)
     if backbone.gene_to_token is not None:
         x = x * (backbone.gene_to_token >= 0).to(x.dtype)

@@ -1,0 +1,146 @@
+"""Self-supervised pretraining module: masked expression modelling through the graph-diffusion layers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..nn import ScGPTBackbone
+from ..nn._backbones import ExprDecoder
+from ._base import TaskModule
+from ._inputs import backbone_graph, backbone_tokens, build_backbone, cell_embedding
+
+MASK_VALUE = -1.0
+"""Input value of a masked token (expression values are non-negative, so it cannot be confused)."""
+
+
+class MVCDecoder(nn.Module):
+    """Predict a gene's expression from the cell embedding (scGPT ``MVCDecoder``, "GEPC" objective).
+
+    ``ŷ_g = <σ(W e_g), z>``: the gene's embedding ``e_g`` is mapped to a query that is matched with the
+    cell embedding ``z``, so ``z`` must summarise the whole cell (Cui et al. 2024, scGPT, "gene expression
+    prediction for cell modelling").
+
+    Parameters
+    ----------
+    d_model
+        Width of gene and cell embeddings.
+    """
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.gene2query = nn.Linear(d_model, d_model)
+        self.query_activation = nn.Sigmoid()
+
+    def forward(self, cell_emb: torch.Tensor, gene_embs: torch.Tensor) -> torch.Tensor:
+        """``(B, d)`` cell embeddings and ``(B, L, d)`` gene embeddings → ``(B, L)`` predicted values."""
+        query = self.query_activation(self.gene2query(gene_embs))
+        return torch.bmm(query, cell_emb.unsqueeze(2)).squeeze(2)
+
+
+class PretrainingModule(TaskModule):
+    """Masked expression modelling on unlabelled cells (scGPT's GEP + GEPC objectives, Cui et al. 2024).
+
+    For each minibatch of expression rows ``(B, n_vars)``: tokenize the expressed genes (CLS first), hide
+    the values of a random ``mask_ratio`` of each cell's gene tokens (their input value becomes
+    :data:`MASK_VALUE`; the gene identity stays visible), run the graph-diffusion backbone, and predict
+    the hidden values twice: from each token's output (:class:`~genohoption.nn.ExprDecoder`, "GEP") and
+    from the cell embedding (:class:`MVCDecoder`, "GEPC"), so that both the token and the CLS outputs
+    learn the cell's state. Loss: mean squared error on the masked tokens, summed over the two heads.
+
+    Parameters
+    ----------
+    n_genes
+        Number of genes (``n_vars``).
+    graph_indptr, graph_indices
+        Global gene graph in CSR form (row ``i`` = genes ``i`` attends to).
+    max_seq_len
+        Maximum tokens per cell including CLS; ``None`` keeps every expressed gene.
+    mask_ratio
+        Fraction of each cell's gene tokens whose value is hidden, in ``(0, 1)`` (default 0.4).
+    backbone
+        An existing :class:`~genohoption.nn.ScGPTBackbone` to pretrain (shared, not copied); ``None``
+        builds one from ``backbone_kwargs``.
+    **backbone_kwargs
+        Sizes, dropout and attention arguments of a new backbone.
+
+    Raises
+    ------
+    ValueError
+        If ``mask_ratio`` is not in ``(0, 1)`` or the backbone is not scGPT-style.
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        graph_indptr: torch.Tensor,
+        graph_indices: torch.Tensor,
+        *,
+        max_seq_len: int | None = None,
+        mask_ratio: float = 0.4,
+        backbone: nn.Module | None = None,
+        **backbone_kwargs,
+    ):
+        super().__init__(graph_indptr, graph_indices)
+        if not 0.0 < float(mask_ratio) < 1.0:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio!r}.")
+        self.n_genes = n_genes
+        self.max_seq_len = max_seq_len
+        self.mask_ratio = float(mask_ratio)
+        if backbone is None:
+            backbone = build_backbone(n_genes, "scgpt", None, {**backbone_kwargs, "max_seq_len": max_seq_len})
+        if not isinstance(backbone, ScGPTBackbone):
+            raise ValueError("Masked expression pretraining supports the scGPT-style backbone only (backbone='scgpt').")
+        self.backbone = backbone
+        self.attention = backbone.transformer_encoder.layers[0].self_attn.attention
+        self.decoder = ExprDecoder(backbone.d_model)
+        self.mvc_decoder = MVCDecoder(backbone.d_model)
+
+    def _mask(self, tokens, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``(B, L)`` bool: the gene tokens whose value is hidden (at least one per cell with genes)."""
+        is_gene = ~tokens.padding_mask & (tokens.genes >= 0)
+        score = torch.rand(is_gene.shape, generator=generator, device=is_gene.device)
+        score = torch.where(is_gene, score, torch.full_like(score, 2.0))
+        n_gene = is_gene.sum(1, keepdim=True)
+        n_mask = torch.clamp((n_gene.float() * self.mask_ratio).round().long(), min=1)
+        n_mask = torch.minimum(n_mask, n_gene)
+        rank = score.argsort(1).argsort(1)
+        return (rank < n_mask) & is_gene
+
+    def forward(self, x: torch.Tensor, *, mask: bool = True) -> dict[str, torch.Tensor]:
+        """Encode a minibatch with part of the values hidden and predict them.
+
+        Parameters
+        ----------
+        x
+            ``(B, n_genes)`` expression.
+        mask
+            Hide values (training); ``False`` encodes the cells as they are (embeddings).
+
+        Returns
+        -------
+        ``"z"`` ``(B, d_model)`` cell embeddings; ``"pred"``, ``"pred_cell"`` ``(B, L)`` values predicted
+        from the tokens and from the cell embedding; ``"target"`` ``(B, L)`` true values; ``"masked"``
+        ``(B, L)`` bool.
+        """
+        x = x.float()
+        bb = self.backbone
+        tokens = backbone_tokens(bb, x, self.max_seq_len, sample=self.training)
+        masked = self._mask(tokens) if mask else torch.zeros_like(tokens.padding_mask)
+        values = tokens.values.masked_fill(masked, MASK_VALUE)
+        graph = None
+        if self.attention != "dense":
+            graph = backbone_graph(bb, tokens, self.graph_indptr, self.graph_indices)
+        h = bb(tokens.genes, values, tokens.padding_mask, graph)
+        z = cell_embedding(bb, h, tokens)
+        gene_embs = bb.encoder(bb.token_ids(tokens.genes, tokens.padding_mask))
+        return {"z": z, "pred": self.decoder(h), "pred_cell": self.mvc_decoder(z, gene_embs),
+                "target": tokens.values, "masked": masked}
+
+    def loss(self, outputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean squared errors on the masked tokens: total, from the tokens (GEP), from the cell (GEPC)."""
+        m = outputs["masked"].to(outputs["pred"].dtype)
+        n = m.sum().clamp(min=1.0)
+        gep = (((outputs["pred"] - outputs["target"]) ** 2) * m).sum() / n
+        gepc = (((outputs["pred_cell"] - outputs["target"]) ** 2) * m).sum() / n
+        return gep + gepc, gep.detach(), gepc.detach()
