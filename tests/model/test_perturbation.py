@@ -136,13 +136,20 @@ def test_setup_errors_leave_data_unchanged(sim):
     adata.obs["cond3"] = adata.obs["condition"].astype(str).str.replace("ctrl", "control")
     adata.obs["cond4"] = adata.obs["condition"].astype(str)
     adata.obs.loc[adata.obs_names[-1], "cond4"] = "NOTAGENE+ctrl"
+    adata.obs["cond5"] = adata.obs["condition"].astype(str)
     before = copy.deepcopy(adata)
     with pytest.raises(ValueError, match="Malformed"):
         gh.GenoHoptionModel.setup_anndata(adata, perturbation_key="cond2", gene_symbols="gene_name")
     with pytest.raises(ValueError, match="No control cells"):
         gh.GenoHoptionModel.setup_anndata(adata, perturbation_key="cond3", gene_symbols="gene_name")
-    with pytest.raises(KeyError, match="NOTAGENE"):
+    with pytest.raises(KeyError, match=r"NOTAGENE.*extra_genes"):  # neither measured nor in the prior
         gh.GenoHoptionModel.setup_anndata(adata, perturbation_key="cond4", gene_symbols="gene_name")
+    with pytest.raises(TypeError, match="extra_genes"):
+        gh.GenoHoptionModel.setup_anndata(adata, perturbation_key="cond5", gene_symbols="gene_name",
+                                          extra_genes="NOTAGENE")
+    with pytest.raises(ValueError, match="source"):
+        gh.GenoHoptionModel.setup_anndata(adata, perturbation_key="cond5", gene_symbols="gene_name",
+                                          prior=pd.DataFrame({"a": ["X"]}))
     with pytest.raises(KeyError, match="perturbation_key"):
         gh.GenoHoptionModel.setup_anndata(adata, perturbation_key="nope")
     with pytest.raises(KeyError, match="gene_symbols"):
@@ -159,13 +166,24 @@ def test_classifier_model_refuses_predict_perturbation(sim):
         model.predict_perturbation(adata, "ctrl")
 
 
-def test_norman_subset_unmeasured_genes_raise(shared_data):
+def test_norman_subset_sets_up_with_unmeasured_genes(shared_data):
+    """None of the subset's 41 perturbed genes is measured: all are in the gene universe (prior or extra_genes)."""
+    import genohoption._conditions as cond
+
     adata = gh.datasets.read_gears(shared_data / "perturbation" / "norman_subset_gears_format.h5ad")
-    adata.varp["gene_graph"] = sp.eye(adata.n_vars, format="csr")
+    n = adata.n_vars
+    adata.varp["gene_graph"] = sp.csr_matrix((np.ones(n, np.float32), (np.arange(n), (np.arange(n) + 1) % n)), shape=(n, n))
+    genes = sorted({g for c in adata.obs["condition"].astype(str) for g in cond.parse_condition(c)})
     before = copy.deepcopy(adata)
-    with pytest.raises(KeyError, match="drop_unmeasured"):
-        gh.GenoHoptionModel.setup_anndata(adata, perturbation_key="condition", gene_symbols="gene_name")
+    with pytest.raises(KeyError, match="not in the model's gene universe"):
+        gh.GenoHoptionModel.setup_anndata(adata, perturbation_key="condition", gene_symbols="gene_name", prior=None)
     _same(adata, before)
+    with pytest.warns(UserWarning, match="fewer than 3 cells"):  # scvi-tools: one cell per condition here
+        gh.GenoHoptionModel.setup_anndata(adata, perturbation_key="condition", gene_symbols="gene_name",
+                                          extra_genes=genes)
+    model = gh.GenoHoptionModel(adata, d_model=16, n_heads=2, n_layers=1, d_hid=32)
+    universe = model._task.universe
+    assert all(universe.find(g) >= adata.n_vars for g in genes)  # every one unmeasured, every one accepted
 
 
 def test_annotation_methods_refused_on_perturbation_model(trained):
@@ -174,3 +192,110 @@ def test_annotation_methods_refused_on_perturbation_model(trained):
         model.predict(adata)
     with pytest.raises(TypeError, match="predict_perturbation"):
         model.get_latent_representation(adata)
+
+
+# ------------------------------------------------------------------ unmeasured genes, full-gene prediction
+@pytest.fixture(scope="module")
+def hidden(sim):
+    """The simulation with two perturbed genes' columns removed: their conditions have unmeasured targets."""
+    genes = sim.uns["simulation"]["perturbed_genes"][:2]
+    adata = sim[:, ~sim.var_names.isin(genes)].copy()
+    gh.pp.build_gene_graph(adata)
+    return adata, list(genes)
+
+
+def test_unmeasured_genes_train_predict_save_load(hidden, tmp_path):
+    import scvi
+    import torch
+
+    adata, genes = hidden
+    scvi.settings.seed = 0
+    torch.manual_seed(0)
+    a = adata.copy()
+    gh.GenoHoptionModel.setup_anndata(a, perturbation_key="condition", gene_symbols="gene_name",
+                                      extra_genes=["MADEUP1"])
+    model = gh.GenoHoptionModel(a, attention="ppr", d_model=16, n_heads=2, n_layers=1, d_hid=32, n_hops=2)
+    universe = model._task.universe
+    # the hidden genes are perturbed in training and are prior genes joined to measured genes
+    positions = [universe.find(g) for g in genes]
+    assert all(p >= a.n_vars and universe.neighbors(p).size > 0 for p in positions)
+    assert universe.neighbors(universe.find("MADEUP1")).size == 0
+    assert model.module.own_embedding.num_embeddings == 3  # the two hidden genes + padding
+    model.train(max_epochs=2, batch_size=32, enable_progress_bar=False)
+    ctrl = a[a.obs["condition"] == "ctrl"][:6].copy()
+    measured = a.var_names[0]
+    conditions = [f"{genes[0]}+ctrl", f"{genes[0]}+{genes[1]}", f"{genes[1]}+{measured}", "MADEUP1+ctrl",
+                  "STAT1+ctrl", "ctrl"]
+    profiles = model.predict_perturbation(ctrl, conditions)
+    assert np.isfinite(profiles.X).all() and profiles.shape == (len(conditions), a.n_vars)
+    X = profiles.X
+    for i in range(len(conditions) - 1):  # every perturbation changes the prediction of the control condition
+        assert np.abs(X[i] - X[-1]).max() > 1e-4, conditions[i]
+    assert np.abs(X[0] - X[1]).max() > 1e-4  # the combination differs from the single
+    with pytest.raises(KeyError, match="NOTAGENE"):
+        model.predict_perturbation(ctrl, f"{genes[0]}+NOTAGENE")
+    single = model.predict_perturbation(ctrl, f"{genes[0]}+ctrl")
+    model.save(tmp_path / "m")
+    loaded = gh.GenoHoptionModel.load(tmp_path / "m")
+    np.testing.assert_allclose(loaded.predict_perturbation(ctrl, f"{genes[0]}+ctrl"), single, atol=1e-5)
+    again = loaded._task.universe
+    np.testing.assert_array_equal(again.extra, universe.extra)
+    np.testing.assert_array_equal(again.indices, universe.indices)
+    assert loaded.module.n_extra == universe.n_extra
+    # the registry can be transferred to the training data (training can go on)
+    loaded2 = gh.GenoHoptionModel.load(tmp_path / "m", adata=a)
+    assert loaded2.adata_manager is not None
+
+
+def test_unmeasured_token_is_joined_to_its_neighbours():
+    from genohoption.module._perturbation import extend_graph
+
+    # 3 measured genes, graph 0 -> 1; two new nodes: 3 joined to {0, 2}, 4 joined to nothing
+    indptr, indices = torch_tensor([0, 1, 1, 1]), torch_tensor([1])
+    ptr, idx = extend_graph(indptr, indices, torch_tensor([0, 2, 2]), torch_tensor([0, 2]))
+    rows = {i: idx[ptr[i]:ptr[i + 1]].tolist() for i in range(5)}
+    assert rows == {0: [1, 3], 1: [], 2: [3], 3: [0, 2], 4: []}
+
+
+def torch_tensor(values):
+    import torch
+
+    return torch.as_tensor(values, dtype=torch.int64)
+
+
+def test_every_gene_predicted_with_short_sequences(hidden):
+    import torch
+
+    adata, genes = hidden
+    a = adata.copy()
+    gh.GenoHoptionModel.setup_anndata(a, perturbation_key="condition", gene_symbols="gene_name")
+    model = gh.GenoHoptionModel(a, d_model=16, n_heads=2, n_layers=1, d_hid=32, n_hops=2, max_seq_len=9)
+    assert a.n_vars > 4 * 8
+    module = model.module.eval()
+    with torch.no_grad():  # a decoder that outputs 7 everywhere: every gene must be written
+        module.decoder.fc[-1].weight.zero_()
+        module.decoder.fc[-1].bias.fill_(7.0)
+    ctrl = a[a.obs["condition"] == "ctrl"][:3].copy()
+    measured = a.var_names[:2].tolist()
+    for cond in [f"{genes[0]}+ctrl", f"{measured[0]}+{measured[1]}", f"{genes[1]}+{measured[0]}"]:
+        with pytest.warns(UserWarning, match="not been trained"):
+            out = model.predict_perturbation(ctrl, cond)
+        np.testing.assert_allclose(out, 7.0)
+    # the chunks: a fixed partition of the genes, each sequence within max_seq_len (+1 unmeasured-gene token)
+    seen = []
+
+    def spy(tokens, *args):
+        seen.append(tokens.genes.clone())
+        return run(tokens, *args)
+
+    run, module._run = module._run, spy
+    try:
+        x = torch.as_tensor(ctrl.X.toarray())
+        flags = torch.tensor([[a.n_vars + 0, 0]] * 3)  # one unmeasured gene and measured gene 0
+        flags[:, 0] = model._task.universe.find(genes[0])
+        module.predict(x, flags)
+    finally:
+        module._run = run
+    assert all(t.shape[1] <= 9 for t in seen)
+    covered = torch.cat([t[t >= 0] for t in seen]).unique()
+    assert covered.numel() == a.n_vars

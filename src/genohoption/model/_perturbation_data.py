@@ -18,18 +18,20 @@ from scvi import REGISTRY_KEYS, settings
 from scvi.data.fields import CategoricalObsField
 from scvi.dataloaders import AnnDataLoader, DataSplitter
 
-from .._conditions import condition_gene_indices
+from .._conditions import GeneUniverse, condition_gene_indices
 from .._constants import CTRL_X_KEY, PERT_GENES_KEY, PERT_KEY
 
-__all__ = ["PairedControlDataLoader", "PerturbationDataSplitter", "PerturbationField"]
+__all__ = ["PairedControlDataLoader", "PerturbationDataSplitter", "PerturbationField", "registry_universe"]
 
 
 class PerturbationField(CategoricalObsField):
     """Categorical ``obs`` field of perturbation conditions that also records the genes' symbols.
 
     The state registry gains ``gene_symbols`` (symbols of ``var_names``, used to place perturbation
-    flags) and ``control_value``, so that a saved model can map condition strings to genes without
-    the training data.
+    flags), ``control_value`` and the gene universe (``universe_genes``, ``universe_indptr``,
+    ``universe_indices``: the unmeasured genes that can be perturbed and their edges to measured
+    genes, see :class:`genohoption._conditions.GeneUniverse`), so that a saved model can map condition
+    strings to genes without the training data.
 
     Parameters
     ----------
@@ -41,12 +43,17 @@ class PerturbationField(CategoricalObsField):
         Column of ``adata.var`` with the symbols the conditions use; ``None``: ``var_names``.
     control_value
         The control condition.
+    universe
+        The gene universe built at set-up (``None`` when a saved registry is transferred: its universe
+        is kept).
     """
 
-    def __init__(self, registry_key: str, obs_key: str, gene_symbols: str | None, control_value: str):
+    def __init__(self, registry_key: str, obs_key: str, gene_symbols: str | None, control_value: str,
+                 universe: GeneUniverse | None = None):
         super().__init__(registry_key, obs_key)
         self.gene_symbols = gene_symbols
         self.control_value = control_value
+        self.universe = universe
 
     def _symbols(self, adata) -> np.ndarray:
         if self.gene_symbols is None:
@@ -54,14 +61,24 @@ class PerturbationField(CategoricalObsField):
         return np.asarray(adata.var[self.gene_symbols].astype(str), dtype=str)
 
     def register_field(self, adata) -> dict:
-        """Register the categories and record the gene symbols and control value."""
+        """Register the categories and record the gene symbols, control value and gene universe."""
         state = super().register_field(adata)
-        return {**state, "gene_symbols": self._symbols(adata), "control_value": self.control_value}
+        symbols = self._symbols(adata)
+        universe = self.universe if self.universe is not None else GeneUniverse(symbols)
+        return {**state, "gene_symbols": symbols, "control_value": self.control_value, **universe.to_state()}
 
     def transfer_field(self, state_registry: dict, adata_target, **kwargs) -> dict:
-        """Transfer the categories; symbols are taken from the target."""
+        """Transfer the categories; symbols are taken from the target, the universe from the source."""
         state = super().transfer_field(state_registry, adata_target, **kwargs)
-        return {**state, "gene_symbols": self._symbols(adata_target), "control_value": self.control_value}
+        universe = {k: state_registry[k] for k in ("universe_genes", "universe_indptr", "universe_indices")
+                    if k in state_registry}
+        return {**state, "gene_symbols": self._symbols(adata_target), "control_value": self.control_value,
+                **universe}
+
+
+def registry_universe(state: dict) -> GeneUniverse:
+    """Return the :class:`~genohoption._conditions.GeneUniverse` of a perturbation field's state registry."""
+    return GeneUniverse.from_state(state["gene_symbols"], state)
 
 
 class PairedControlDataLoader(AnnDataLoader):
@@ -138,6 +155,6 @@ class PerturbationDataSplitter(DataSplitter):
         X = adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         self.data_loader_kwargs.update(
             control_x=X[np.flatnonzero(is_control)],
-            condition_genes=condition_gene_indices(list(mapping), state["gene_symbols"], control),
+            condition_genes=condition_gene_indices(list(mapping), registry_universe(state), control),
             seed=settings.seed or 0,
         )
