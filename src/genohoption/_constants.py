@@ -34,6 +34,22 @@ BASELINE_PREDICTION_KEY = "logreg_prediction"
 PERTURBATION_LAYER_PREFIX = "genohoption_"
 """``adata.layers`` prefix for predicted perturbed expression (``genohoption_A+B``)."""
 
+NO_CHANGE_LAYER_PREFIX = "no_change_"
+"""``adata.layers`` prefix of :class:`genohoption.tl.NoChangeBaseline` predictions (``no_change_A+B``)."""
+
+MEAN_LAYER_PREFIX = "mean_"
+"""``adata.layers`` prefix of :class:`genohoption.tl.MeanBaseline` predictions."""
+
+ADDITIVE_LAYER_PREFIX = "additive_"
+"""``adata.layers`` prefix of :class:`genohoption.tl.AdditiveBaseline` predictions."""
+
+LINEAR_LAYER_PREFIX = "linear_"
+"""``adata.layers`` prefix of :class:`genohoption.tl.LinearBaseline` predictions."""
+
+SPLIT_KEY = "split"
+"""``adata.obs`` column (and ``adata.uns`` key) of the train / val / test split the ``perturb`` command writes
+(:func:`genohoption.tl.perturbation_split`)."""
+
 # ---------------------------------------------------------------- adata.uns: parameters of writes
 UNS_KEY = "genohoption"
 """``adata.uns`` key where the model records parameters of its writes (``uns["genohoption"]["predict"]``)."""
@@ -43,6 +59,9 @@ UNS_PREDICT = "predict"
 
 UNS_PREDICT_PERTURBATION = "predict_perturbation"
 """Entry of ``adata.uns[UNS_KEY]`` written by ``predict_perturbation``."""
+
+UNS_PERTURBATION_BASELINE = "perturbation_baseline"
+"""Entry of ``adata.uns[UNS_KEY]`` where each perturbation baseline records its last prediction (by name)."""
 
 UNS_READ_GEARS = "read_gears"
 """``adata.uns`` key written by :func:`genohoption.datasets.read_gears`."""

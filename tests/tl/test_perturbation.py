@@ -140,3 +140,48 @@ def test_metrics_bad_input():
         gh.tl.perturbation_metrics(adata[2:].copy(), pred)
     with pytest.raises(KeyError, match="no observed"):
         gh.tl.perturbation_metrics(adata, pred.rename(index={"A+ctrl": "C+ctrl"}))
+
+
+def _systema_data():
+    """_metric_data plus a training perturbation B+ctrl with centroid (2, 2, 2)."""
+    base = _metric_data()
+    extra = ad.AnnData(X=np.full((2, 3), 2.0, np.float32),
+                       obs=pd.DataFrame({"condition": ["B+ctrl"] * 2}, index=["c6", "c7"]),
+                       var=pd.DataFrame(index=["A", "B", "C"]))
+    return ad.concat([base, extra])
+
+
+def test_systema_and_l2_metrics_hand_computed():
+    adata = _systema_data()
+    pred = pd.DataFrame([[1.0, 3.0, 1.0], [1.0, 4.0, 1.0]], index=["A+ctrl", "A+B"], columns=["A", "B", "C"])
+    m = gh.tl.perturbation_metrics(adata, pred, n_de=3, n_expressed=2)
+    # reference = centroid of the perturbations not scored (B+ctrl): (2, 2, 2)
+    ref = np.array([2.0, 2.0, 2.0])
+    assert m.loc["A+ctrl", "pearson_delta_pert"] == pytest.approx(
+        np.corrcoef(np.array([1, 3, 1]) - ref, np.array([1, 4, 0]) - ref)[0, 1])
+    assert m.loc["A+B", "pearson_delta_pert"] == pytest.approx(
+        np.corrcoef(np.array([1, 4, 1]) - ref, np.array([3, 2, 3]) - ref)[0, 1])
+    assert m.loc["A+ctrl", "pearson_delta_pert_de"] == pytest.approx(m.loc["A+ctrl", "pearson_delta_pert"])
+    # centroid accuracy among the scored conditions: A+ctrl's prediction is nearest its own centroid
+    # (distance sqrt 2 against 3), A+B's is nearer A+ctrl's (1) than its own (sqrt 12)
+    assert m.loc["A+ctrl", "centroid_accuracy"] == 1.0 and m.loc["A+B", "centroid_accuracy"] == 0.0
+    # with B+ctrl as a third candidate: A+ctrl is nearer its own (sqrt 2) than B (sqrt 3) and A+B (3)
+    m3 = gh.tl.perturbation_metrics(adata, pred, n_de=3, centroid_candidates=["A+ctrl", "A+B", "B+ctrl"])
+    assert m3.loc["A+ctrl", "centroid_accuracy"] == 1.0 and m3.loc["A+B", "centroid_accuracy"] == 0.0
+    # L2 on the 2 most expressed control genes (C: 3, B: 2): A+ctrl (3 - 4, 1 - 0) -> sqrt 2
+    assert m.loc["A+ctrl", "l2_top_expressed"] == pytest.approx(np.sqrt(2.0))
+    assert m.loc["A+B", "l2_top_expressed"] == pytest.approx(np.sqrt(4.0 + 4.0))
+    # the mean baseline (prediction = the reference) scores 0 on pearson_delta_pert; an explicit reference
+    mean = pd.DataFrame([ref, ref], index=["A+ctrl", "A+B"], columns=["A", "B", "C"])
+    assert (gh.tl.perturbation_metrics(adata, mean, n_de=3)["pearson_delta_pert"] == 0).all()
+    explicit = gh.tl.perturbation_metrics(adata, pred, n_de=3, perturbed_reference=np.zeros(3))
+    assert explicit.loc["A+B", "pearson_delta_pert"] == pytest.approx(np.corrcoef([1, 4, 1], [3, 2, 3])[0, 1])
+    by_name = gh.tl.perturbation_metrics(adata, pred, n_de=3, perturbed_reference=["B+ctrl"])
+    pd.testing.assert_frame_equal(by_name, m.assign(l2_top_expressed=by_name["l2_top_expressed"]))
+    # a single candidate: no accuracy
+    one = gh.tl.perturbation_metrics(adata, pred.loc[["A+ctrl"]], n_de=3)
+    assert np.isnan(one.loc["A+ctrl", "centroid_accuracy"])
+    with pytest.raises(ValueError, match="n_vars"):
+        gh.tl.perturbation_metrics(adata, pred, perturbed_reference=np.zeros(2))
+    with pytest.raises(ValueError, match="no perturbed cell"):
+        gh.tl.perturbation_metrics(adata, pred, centroid_candidates=["Z+ctrl"])

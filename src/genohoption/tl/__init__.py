@@ -4,9 +4,23 @@ from .._conditions import parse_condition
 from ._annotation import annotation_metrics, stratified_split
 from ._baselines import logistic_regression_baseline
 from ._perturbation import perturbation_metrics, perturbation_split, top_de_genes
+from ._perturbation_baselines import (
+    AdditiveBaseline,
+    LinearBaseline,
+    MeanBaseline,
+    NoChangeBaseline,
+    PerturbationBaseline,
+    fit_perturbation_baselines,
+)
 
 __all__ = [
+    "AdditiveBaseline",
+    "LinearBaseline",
+    "MeanBaseline",
+    "NoChangeBaseline",
+    "PerturbationBaseline",
     "annotation_metrics",
+    "fit_perturbation_baselines",
     "logistic_regression_baseline",
     "parse_condition",
     "perturbation_metrics",

@@ -200,6 +200,19 @@ def top_de_genes(
     return {c: adata.var_names.get_indexer(np.asarray(names[c])[:n_genes]) for c in conds}
 
 
+METRICS = ("pearson", "pearson_delta", "mse", "pearson_de", "pearson_delta_de", "mse_de", "pearson_delta_pert",
+           "pearson_delta_pert_de", "centroid_accuracy", "l2_top_expressed")
+"""Columns of :func:`perturbation_metrics` (one value per condition)."""
+
+
+def _centroid_accuracy(yhat: np.ndarray, centroids: np.ndarray, own: int) -> float:
+    """Fraction of the other centroids farther (Euclidean) from ``yhat`` than centroid ``own`` (Systema)."""
+    if centroids.shape[0] < 2:
+        return float("nan")
+    d = np.sqrt(((centroids - yhat) ** 2).sum(1))
+    return float((np.delete(d, own) > d[own]).sum() / (centroids.shape[0] - 1))
+
+
 def perturbation_metrics(
     adata: AnnData,
     predicted: AnnData | pd.DataFrame,
@@ -208,19 +221,42 @@ def perturbation_metrics(
     control_value: str = "ctrl",
     subgroups: Mapping[str, Sequence[str]] | None = None,
     n_de: int = 20,
+    n_expressed: int = 1000,
     layer: str | None = None,
+    de_genes: Mapping[str, np.ndarray] | None = None,
+    perturbed_reference: np.ndarray | Sequence[str] | None = None,
+    centroid_candidates: Sequence[str] | None = None,
     by: Literal["condition", "subgroup"] = "condition",
 ) -> pd.DataFrame:
-    """GEARS metrics of predicted mean expression profiles against observed cells.
+    """GEARS, Systema and Ahlmann-Eltze metrics of predicted mean expression profiles against observed cells.
 
-    For each condition ``p`` with observed mean ``y_p``, predicted mean ``ŷ_p`` and control mean ``c``
-    (all ``(n_vars,)``), as GEARS (Roohani et al. 2023):
+    For each predicted condition ``p`` with observed mean ``y_p`` (over its cells in ``adata``), predicted
+    mean ``ŷ_p`` and control mean ``c`` (all ``(n_vars,)``, over the predicted genes):
 
-    - ``pearson``: Pearson(ŷ_p, y_p); ``pearson_delta``: Pearson(ŷ_p - c, y_p - c);
-    - ``mse``: mean((ŷ_p - y_p)²);
+    GEARS (Roohani et al., Nat Biotechnol 2023; ``gears/inference.py``):
+
+    - ``pearson`` = Pearson(ŷ_p, y_p); ``pearson_delta`` = Pearson(ŷ_p - c, y_p - c);
+    - ``mse`` = mean((ŷ_p - y_p)²);
     - ``pearson_de``, ``pearson_delta_de``, ``mse_de``: the same on the condition's top ``n_de``
-      differentially expressed genes against control (``sc.tl.rank_genes_groups``, t-test, ranked by
-      absolute score).
+      differentially expressed genes against control (:func:`top_de_genes`: ``sc.tl.rank_genes_groups``,
+      t-test, ranked by absolute score).
+
+    Systema (Viñas Torné et al., Nat Biotechnol 2025; ``evaluation/pearson_delta_reference_metrics.py``,
+    ``centroid_accuracy.py``, README): control-referenced Pearson delta rewards predicting the average
+    effect of all perturbations (systematic variation), so the reference is the *perturbed centroid*
+    ``μ = mean_q y_q``, the mean of the training perturbations' centroids (each condition once; by
+    default the perturbed conditions of ``adata`` that are not scored, see ``perturbed_reference``):
+
+    - ``pearson_delta_pert`` = Pearson(ŷ_p - μ, y_p - μ), all genes; ``pearson_delta_pert_de`` the same
+      on the top ``n_de`` DE genes (those of the GEARS metrics). The mean baseline (``ŷ_p = μ``) scores 0;
+    - ``centroid_accuracy``: the fraction of the other candidate centroids ``y_q`` (``q ≠ p``; by default
+      the scored conditions, Systema's held-out perturbations) that are farther from ``ŷ_p`` than ``y_p``
+      is (Euclidean distance over the predicted genes); 1 means the true centroid is the closest, about
+      0.5 is chance; NaN with a single candidate.
+
+    Ahlmann-Eltze, Huber & Anders (Nat Methods 2025; ``notebooks/single_perturbation_analysis.Rmd``):
+
+    - ``l2_top_expressed`` = ‖ŷ_p - y_p‖₂ over the ``n_expressed`` genes of highest control mean.
 
     A correlation with a constant side is 0 (GEARS' convention): the no-change baseline (``ŷ_p = c``)
     has ``pearson_delta = 0``.
@@ -228,11 +264,12 @@ def perturbation_metrics(
     Parameters
     ----------
     adata
-        Observed cells: control cells and cells of the evaluated conditions, ``(n_obs, n_vars)``.
+        Observed cells: control cells and cells of the evaluated conditions (and of other perturbations,
+        which serve as centroid-accuracy candidates and enter the perturbed centroid), ``(n_obs, n_vars)``.
     predicted
         Mean predicted profiles, one row per condition: the AnnData returned by
-        :meth:`~genohoption.GenoHoptionModel.predict_perturbation` with a list, or a DataFrame
-        (conditions × genes). Columns are matched to ``adata.var_names`` by name.
+        :meth:`~genohoption.GenoHoptionModel.predict_perturbation` (or a baseline's) with a list, or a
+        DataFrame (conditions × genes). Columns are matched to ``adata.var_names`` by name.
     perturbation_key, control_value
         Condition column and control condition.
     subgroups
@@ -240,17 +277,29 @@ def perturbation_metrics(
         ``subgroup`` column.
     n_de
         Number of top DE genes.
+    n_expressed
+        Number of most expressed genes (control mean) of ``l2_top_expressed`` (all genes if fewer).
     layer
         Layer of ``adata`` with the expression; ``None``: ``adata.X``. Use the kind of values the model
         predicts.
+    de_genes
+        Precomputed ``{condition: var positions of its top DE genes}`` (from :func:`top_de_genes`), to
+        score several predictions without recomputing them.
+    perturbed_reference
+        Systema's reference ``μ``: a ``(n_vars,)`` profile, or the perturbed conditions whose centroids
+        it averages. ``None``: the perturbed conditions of ``adata`` that are not scored (the training
+        perturbations when ``adata`` holds the whole screen), or all of them if every one is scored.
+    centroid_candidates
+        Perturbed conditions whose centroids compete in ``centroid_accuracy`` (each needs cells in
+        ``adata``); ``None``: the scored conditions.
     by
         ``"condition"``: one row per condition; ``"subgroup"``: the mean over each subgroup's conditions
         plus an ``"all"`` row, with ``n_conditions``.
 
     Returns
     -------
-    DataFrame indexed by condition (or subgroup) with columns ``pearson``, ``pearson_delta``, ``mse``,
-    ``pearson_de``, ``pearson_delta_de``, ``mse_de``, ``n_cells`` (and ``subgroup``).
+    DataFrame indexed by condition (or subgroup) with the columns of :data:`METRICS`, ``n_cells`` (and
+    ``subgroup``).
 
     Raises
     ------
@@ -258,8 +307,9 @@ def perturbation_metrics(
         If ``perturbation_key`` is missing, a predicted condition has no observed cell, or a predicted
         gene is not in ``adata``.
     ValueError
-        If there are no control cells, or a condition has fewer than 2 cells (DE needs 2; the message
-        names them).
+        If there are no control cells, a condition has fewer than 2 cells (DE needs 2; the message names
+        them), ``perturbed_reference`` has the wrong length, or a reference / candidate condition has no
+        cell.
     """
     if perturbation_key not in adata.obs:
         raise KeyError(f"perturbation_key={perturbation_key!r} is not a column of adata.obs.")
@@ -282,20 +332,48 @@ def perturbation_metrics(
     if (cols < 0).any():
         raise KeyError(f"Predicted genes {list(pred.columns[cols < 0][:5])!r} are not in adata.var_names.")
     conds = [c for c in pred.index if c != control_value]
-    de = top_de_genes(adata, perturbation_key, control_value, conditions=conds, n_genes=n_de, layer=layer)
+    de = dict(de_genes) if de_genes is not None else {}
+    todo = [c for c in conds if c not in de]
+    if todo:
+        de.update(top_de_genes(adata, perturbation_key, control_value, conditions=todo, n_genes=n_de, layer=layer))
     X = adata.X if layer is None else adata.layers[layer]
+
     def mean_of(rows: np.ndarray) -> np.ndarray:
         return np.asarray(X[rows].astype(np.float64).mean(0)).ravel()[cols]
 
     ctrl = mean_of(np.flatnonzero(is_ctrl))
-    # DE positions in pred's column order
-    back = pd.Index(cols).get_indexer
+    observed = set(values[~is_ctrl])
+    centroid_of: dict[str, np.ndarray] = {}
+
+    def centroid(c: str) -> np.ndarray:
+        if c not in centroid_of:
+            if c not in observed:
+                raise ValueError(f"Condition {c!r} has no perturbed cell in adata.obs[{perturbation_key!r}].")
+            centroid_of[c] = mean_of(np.flatnonzero((values == c).to_numpy()))
+        return centroid_of[c]
+
+    if perturbed_reference is None:
+        reference_conds = sorted(observed - set(conds)) or sorted(observed)
+        ref = np.mean([centroid(c) for c in reference_conds], axis=0)
+    elif isinstance(perturbed_reference, np.ndarray) and perturbed_reference.dtype.kind in "fiu":
+        ref = np.asarray(perturbed_reference, dtype=np.float64).ravel()
+        if ref.size != adata.n_vars:
+            raise ValueError(f"perturbed_reference must have n_vars={adata.n_vars} values, got {ref.size}.")
+        ref = ref[cols]
+    else:
+        ref = np.mean([centroid(str(c)) for c in perturbed_reference], axis=0)
+    candidates = list(conds if centroid_candidates is None else centroid_candidates)
+    for c in conds:
+        if c not in candidates:
+            candidates.append(c)
+    cand = np.stack([centroid(c) for c in candidates])
+    top = np.argsort(-ctrl, kind="stable")[: min(n_expressed, ctrl.size)]
+    back = pd.Index(cols).get_indexer  # DE positions in pred's column order
     rows = []
     for c in conds:
-        sel = np.flatnonzero((values == c).to_numpy())
-        y = mean_of(sel)
+        y = centroid(c)
         yhat = pred.loc[c].to_numpy(dtype=float)
-        d = back(de[c])
+        d = back(np.asarray(de[c]))
         d = d[d >= 0]
         rows.append({
             "pearson": _pearson(yhat, y),
@@ -304,14 +382,18 @@ def perturbation_metrics(
             "pearson_de": _pearson(yhat[d], y[d]),
             "pearson_delta_de": _pearson(yhat[d] - ctrl[d], y[d] - ctrl[d]),
             "mse_de": float(np.mean((yhat[d] - y[d]) ** 2)),
-            "n_cells": int(sel.size),
+            "pearson_delta_pert": _pearson(yhat - ref, y - ref),
+            "pearson_delta_pert_de": _pearson(yhat[d] - ref[d], y[d] - ref[d]),
+            "centroid_accuracy": _centroid_accuracy(yhat, cand, candidates.index(c)),
+            "l2_top_expressed": float(np.sqrt(((yhat[top] - y[top]) ** 2).sum())),
+            "n_cells": int((values == c).sum()),
         })
-    out = pd.DataFrame(rows, index=pd.Index(conds, name="condition"))
+    out = pd.DataFrame(rows, index=pd.Index(conds, name="condition"), columns=[*METRICS, "n_cells"])
     if subgroups is not None:
         where = {c: g for g, cs in subgroups.items() for c in cs}
         out["subgroup"] = [where.get(c, "other") for c in conds]
     if by == "subgroup":
-        metrics = ["pearson", "pearson_delta", "mse", "pearson_de", "pearson_delta_de", "mse_de"]
+        metrics = list(METRICS)
         key = out["subgroup"] if "subgroup" in out else pd.Series("all", index=out.index)
         agg = out[metrics].groupby(key.to_numpy()).mean()
         agg["n_conditions"] = key.value_counts().reindex(agg.index).to_numpy()
