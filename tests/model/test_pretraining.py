@@ -128,7 +128,7 @@ def test_pretraining_refusals():
     model = gh.GenoHoptionModel(adata, **SMALL)
     with pytest.raises(TypeError, match="pretraining"):
         model.predict(adata)
-    with pytest.raises(TypeError, match="model.train"):
+    with pytest.raises(TypeError, match=r"model\.train"):
         model.pretrain(adata)
     with pytest.raises(ValueError, match="scGPT-style"):
         gh.GenoHoptionModel(adata, backbone="geneformer", **SMALL)

@@ -122,3 +122,57 @@ def test_untrained_model_warns(pbmc):
     model = gh.GenoHoptionModel(ref, **SMALL)
     with pytest.warns(UserWarning, match="not been trained"):
         model.get_latent_representation(ref[:4].copy())
+
+
+# ------------------------------------------------------------------ the training recipe's options
+def test_balanced_class_weights_and_label_smoothing(pbmc):
+    ref = pbmc[:120].copy()
+    gh.GenoHoptionModel.setup_anndata(ref, labels_key="bulk_labels")
+    model = gh.GenoHoptionModel(ref, **SMALL)
+    plan = model._task.training_plan(class_weight="balanced", label_smoothing=0.1)
+    codes = ref.obs["_scvi_labels"].to_numpy()
+    counts = np.bincount(codes, minlength=model.summary_stats.n_labels)
+    np.testing.assert_allclose(plan.class_weight.numpy(), len(codes) / (len(counts) * counts), rtol=1e-6)
+    x = torch.as_tensor(ref.X[:16].toarray())
+    y = torch.as_tensor(codes[:16]).long()
+    model.module.eval()
+    out = model.module(x)
+    got = model.module.loss(out, y, class_weight=plan.class_weight, label_smoothing=0.1)
+    want = F.cross_entropy(out["logits"], y, weight=plan.class_weight, label_smoothing=0.1)
+    torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="balanced"):
+        model._task.training_plan(class_weight="inverse")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        model._task.training_plan(label_smoothing=1.0)
+
+
+def test_cosine_schedule_with_warmup(pbmc):
+    ref = pbmc[:100].copy()
+    gh.GenoHoptionModel.setup_anndata(ref, labels_key="bulk_labels")
+    model = gh.GenoHoptionModel(ref, **SMALL)
+    lrs = []
+
+    class _Record(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    model.train(max_epochs=4, batch_size=25, lr=1e-2, train_size=1.0, callbacks=[_Record()],
+                plan_kwargs={"lr_schedule": "cosine", "warmup": 0.25}, **QUIET)
+    assert len(lrs) == 16  # 4 epochs of 4 minibatches; warm-up over the first 4 steps
+    np.testing.assert_allclose(lrs[:4], [2.5e-3, 5e-3, 7.5e-3, 1e-2], rtol=1e-6)
+    np.testing.assert_allclose(lrs[4:], [1e-2 * 0.5 * (1 + np.cos(np.pi * k / 12)) for k in range(12)], rtol=1e-6)
+
+
+def test_expression_path_of_the_classifier(pbmc):
+    ref = pbmc[:80].copy()
+    gh.GenoHoptionModel.setup_anndata(ref, labels_key="bulk_labels")
+    model = gh.GenoHoptionModel(ref, cell_emb="cls+expr", **SMALL)
+    assert model.module.expr_proj.weight.shape == (SMALL["d_model"], ref.n_vars)
+    model.train(max_epochs=1, batch_size=32, **QUIET)
+    z = model.get_latent_representation(ref)
+    assert z.shape == (ref.n_obs, 2 * SMALL["d_model"])
+    # the second half is the linear projection of the expression
+    np.testing.assert_allclose(z[:, SMALL["d_model"]:], ref.X.toarray() @ model.module.expr_proj.weight.detach().numpy().T,
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="cell_emb"):
+        gh.GenoHoptionModel(ref, cell_emb="mean", **SMALL)

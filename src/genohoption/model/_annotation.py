@@ -86,6 +86,7 @@ class AnnotationTask(Task):
             cls_input_norm=(config or {}).get("cls_input_norm", params["cls_input_norm"]),
             backbone=params["backbone"],
             backbone_config=config,
+            cell_emb=params.get("cell_emb", "cls"),
             d_model=params["d_model"],
             n_heads=params["n_heads"],
             n_layers=params["n_layers"],
@@ -147,7 +148,7 @@ class AnnotationTask(Task):
         adata = model._query(adata)
         X = aligned_matrix(adata, model.var_names, model.registry_["setup_args"]["layer"])
         model.module.eval()
-        latents, probs = [np.empty((0, model.module.backbone.d_model), np.float32)], []
+        latents, probs = [np.empty((0, model.module.d_latent), np.float32)], []
         probs.append(np.empty((0, model.summary_stats.n_labels), np.float32))
         for x in iter_rows(X, batch_size, model.device):
             out = model.module(x)

@@ -18,6 +18,7 @@ from scvi.train import TrainRunner
 
 from .. import _constants as K
 from .._validate import as_anndata, check_csr_structure, check_graph
+from ..module._annotation import CELL_EMBEDDINGS
 from ..nn._heads import INPUT_NORMS
 from ._callbacks import PreciseBatchNorm
 from ._io import file_paths, load_model_files, save_model_files
@@ -84,6 +85,10 @@ class GenoHoptionModel(BaseModelClass):
         Normalisation of the cell embedding before the classifier (:class:`~genohoption.nn.ClsDecoder`):
         ``"batch"`` (default; BatchNorm whose statistics :class:`~genohoption.model.PreciseBatchNorm`
         re-estimates during training; any minibatch size works), ``"layer"`` (per cell) or ``None``.
+    cell_emb
+        What the classifier reads and :meth:`get_latent_representation` returns: ``"cls"`` (the
+        backbone's cell embedding) or ``"cls+expr"`` (concatenated with a learned linear projection of
+        the expression vector; see :class:`~genohoption.module.AnnotationModule`).
     pretrained
         Directory of an official checkpoint of ``backbone`` (scGPT: ``best_model.pt``, ``args.json``,
         ``vocab.json``; Geneformer: Hugging Face BERT directory with its token and gene-median
@@ -154,6 +159,7 @@ class GenoHoptionModel(BaseModelClass):
         max_seq_len: int | None = None,
         n_cls_layers: int = 3,
         cls_input_norm: Literal["batch", "layer"] | None = "batch",
+        cell_emb: Literal["cls", "cls+expr"] = "cls",
         pretrained: str | os.PathLike | None = None,
         gene_symbols: str | None = None,
         backbone_config: dict | None = None,
@@ -162,6 +168,8 @@ class GenoHoptionModel(BaseModelClass):
     ):
         _check_init_args(backbone, attention, max_seq_len, d_model, n_heads, n_layers, d_hid, n_hops,
                          cls_input_norm)
+        if cell_emb not in CELL_EMBEDDINGS:
+            raise ValueError(f"cell_emb={cell_emb!r} is unknown; choose one of {CELL_EMBEDDINGS}.")
         if adata is not None:
             adata = as_anndata(adata)
         checkpoint = genes = None
@@ -253,7 +261,8 @@ class GenoHoptionModel(BaseModelClass):
             used, not the table.
         extra_genes
             Perturbation models: more gene symbols that may be perturbed although neither measured nor
-            in ``prior`` (e.g. every target of a screen); they reach the cell only through the CLS token.
+            in ``prior`` (e.g. every target of a screen); having no regulatory edge, each is joined to every
+            measured gene.
         **kwargs
             Passed to :meth:`scvi.data.AnnDataManager.register_fields` (``source_registry`` when a saved
             model's registry is transferred by :meth:`load`).
@@ -572,8 +581,10 @@ class GenoHoptionModel(BaseModelClass):
         predicts every gene's value in the perturbed cell. Conditions follow GEARS (Roohani et al. 2023):
         ``"A+ctrl"`` / ``"ctrl+A"`` (single), ``"A+B"`` (double), written with the symbols of the
         ``gene_symbols`` column given to :meth:`setup_anndata`. The genes need not have been perturbed
-        in training, but they must be among the model's genes: the perturbation reaches other genes
-        through the perturbed gene's token and the gene graph.
+        in training, nor be measured: any gene of the model's gene universe (measured genes, genes of
+        the ``prior`` network, ``extra_genes``) works; an unmeasured one gets a token of its own joined to
+        its regulatory neighbours (:class:`~genohoption.module.PerturbationModule`). Every measured gene
+        is predicted, however long ``max_seq_len``.
 
         Parameters
         ----------
@@ -605,7 +616,7 @@ class GenoHoptionModel(BaseModelClass):
         ValueError
             For malformed conditions or an ``adata`` without genes in common with the model.
         KeyError
-            If a perturbed gene is not among the model's genes (message names the genes), or the
+            If a perturbed gene is not in the model's gene universe (message names the genes), or the
             model's layer is missing from ``adata``.
         """
         return self._task.predict_perturbation(adata, conditions, batch_size=batch_size, key_prefix=key_prefix)

@@ -256,7 +256,7 @@ def _read_scgpt(root: Path) -> PretrainedCheckpoint:
 
 
 def _read_genohoption(root: Path) -> PretrainedCheckpoint:
-    """A directory written by ``GenoHoptionModel.save``: its backbone, in scGPT's key names."""
+    """Read a directory written by ``GenoHoptionModel.save``: its backbone, in scGPT's key names."""
     from ._io import load_model_files
 
     state, meta = load_model_files(root)

@@ -88,7 +88,7 @@ class _SupervisedTrainingPlan(LightningModule):
         if self.lr_schedule == "constant" and self.warmup == 0.0:
             return optimizer
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warm = int(round(self.warmup * total))
+        warm = round(self.warmup * total)
         cosine = self.lr_schedule == "cosine"
 
         def factor(step: int) -> float:

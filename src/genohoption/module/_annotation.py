@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..data._tokenize import Tokens
 from ..nn import ClsDecoder
 from ._base import TaskModule
 from ._inputs import backbone_graph, backbone_tokens, build_backbone, cell_embedding
+
+CELL_EMBEDDINGS = ("cls", "cls+expr")
+"""What the classifier of :class:`AnnotationModule` reads."""
 
 
 class AnnotationModule(TaskModule):
@@ -39,6 +43,11 @@ class AnnotationModule(TaskModule):
     backbone_config
         Architecture of a pretrained checkpoint (see :func:`genohoption.model.read_pretrained`);
         ``None`` trains from scratch.
+    cell_emb
+        What the classifier reads: ``"cls"`` (the backbone's cell embedding: CLS output for scGPT, mean
+        of gene tokens for Geneformer) or ``"cls+expr"`` (that, concatenated with a learned linear
+        projection of the cell's expression vector, ``x W``, ``W`` of shape ``(n_genes, d_model)``: a
+        direct path from the expression to the head, next to the transformer's).
     **backbone_kwargs
         Sizes, dropout and attention arguments of the backbone.
     """
@@ -55,6 +64,7 @@ class AnnotationModule(TaskModule):
         cls_input_norm: str | bool | None = "batch",
         backbone: str = "scgpt",
         backbone_config: dict | None = None,
+        cell_emb: str = "cls",
         **backbone_kwargs,
     ):
         super().__init__(graph_indptr, graph_indices)
@@ -64,7 +74,18 @@ class AnnotationModule(TaskModule):
         self.n_bins = (backbone_config or {}).get("n_bins")  # scGPT value binning of pretrained models
         self.backbone = build_backbone(n_genes, backbone, backbone_config,
                                        {**backbone_kwargs, "max_seq_len": max_seq_len})
-        self.cls_decoder = ClsDecoder(self.backbone.d_model, n_labels, n_cls_layers, input_norm=cls_input_norm)
+        if cell_emb not in CELL_EMBEDDINGS:
+            raise ValueError(f"cell_emb={cell_emb!r} is unknown; choose one of {CELL_EMBEDDINGS}.")
+        self.cell_emb = cell_emb
+        d = self.backbone.d_model
+        self.expr_proj = nn.Linear(n_genes, d, bias=False) if cell_emb == "cls+expr" else None
+        self.cls_decoder = ClsDecoder(d * (2 if self.expr_proj is not None else 1), n_labels, n_cls_layers,
+                                      input_norm=cls_input_norm)
+
+    @property
+    def d_latent(self) -> int:
+        """Width of the cell embedding ``z`` (``d_model``, twice that with ``cell_emb="cls+expr"``)."""
+        return self.cls_decoder.out_layer.in_features
 
     def encode_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, Tokens]:
         """Token embeddings ``(B, L, d_model)`` of ``(B, n_genes)`` expression, and the batch's tokens.
@@ -83,8 +104,11 @@ class AnnotationModule(TaskModule):
 
         ``z`` is the CLS output (scGPT) or the mean of the gene tokens' outputs (Geneformer).
         """
-        h, tokens = self.encode_tokens(x.float())
+        x = x.float()
+        h, tokens = self.encode_tokens(x)
         z = cell_embedding(self.backbone, h, tokens)
+        if self.expr_proj is not None:
+            z = torch.cat([z, self.expr_proj(x)], 1)
         return {"z": z, "logits": self.cls_decoder(z)}
 
     def loss(self, outputs: dict[str, torch.Tensor], labels: torch.Tensor, *, class_weight: torch.Tensor | None = None,
