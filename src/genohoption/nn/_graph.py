@@ -9,15 +9,61 @@ with vectorised torch code (no per-cell Python loop) on the tokens' device.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BatchGraph", "induced_batch_graph"]
+__all__ = ["BatchGraph", "check_csr_tensors", "induced_batch_graph"]
 
 _INT32_MAX = 2**31 - 1
+
+
+def _is_integer(t: torch.Tensor) -> bool:
+    return not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
+
+
+def check_csr_tensors(indptr: torch.Tensor, indices: torch.Tensor, n_rows: int, n_cols: int, where: str) -> None:
+    """Check CSR index tensors before any kernel reads them (a bad structure can crash the interpreter).
+
+    Parameters
+    ----------
+    indptr
+        ``(n_rows + 1,)`` row pointers.
+    indices
+        ``(nnz,)`` column indices.
+    n_rows, n_cols
+        Shape of the matrix.
+    where
+        Name of the matrix, for messages.
+
+    Raises
+    ------
+    ValueError
+        If the tensors are not 1-D integer tensors, ``indptr`` has the wrong length, does not start at 0,
+        decreases or does not end at ``len(indices)``, or an index is negative or ``>= n_cols``.
+
+    Notes
+    -----
+    ``O(n_rows + nnz)`` element-wise work, a few device synchronisations.
+    """
+    if not (isinstance(indptr, torch.Tensor) and isinstance(indices, torch.Tensor)):
+        raise ValueError(f"{where}: indptr and indices must be torch tensors.")
+    if indptr.ndim != 1 or indices.ndim != 1 or not (_is_integer(indptr) and _is_integer(indices)):
+        raise ValueError(f"{where} is not a valid CSR graph: indptr and indices must be 1-D integer tensors.")
+    if indptr.numel() != n_rows + 1:
+        raise ValueError(f"{where} is not a valid CSR graph: indptr has {indptr.numel()} entries, expected "
+                         f"n_rows + 1 = {n_rows + 1}.")
+    if int(indptr[0]) != 0 or int(indptr[-1]) != indices.numel():
+        raise ValueError(f"{where} is not a valid CSR graph: indptr must run from 0 to len(indices) = "
+                         f"{indices.numel()}, got {int(indptr[0])}..{int(indptr[-1])}.")
+    if n_rows and bool((indptr[1:] < indptr[:-1]).any()):
+        raise ValueError(f"{where} is not a valid CSR graph: indptr decreases (row pointers must be "
+                         "non-decreasing).")
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n_cols):
+        raise ValueError(f"{where} is not a valid CSR graph: column indices must be in [0, {n_cols}), got "
+                         f"{int(indices.min())}..{int(indices.max())}.")
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,10 +90,15 @@ class BatchGraph:
     transpose, the per-head block-diagonal layout) are built lazily on first use and cached on the object,
     so one graph can be shared by all layers of a forward pass. Build a new :class:`BatchGraph` per batch.
 
+    validate
+        Check the structure (default): ``indptr`` non-decreasing from 0 to ``len(indices)``, every index
+        within its row's cell. The kernels read the indices unchecked, so a malformed graph could crash
+        the interpreter; only graphs built by :func:`induced_batch_graph` skip the check.
+
     Raises
     ------
     ValueError
-        If the shapes are inconsistent.
+        If the shapes are inconsistent or the structure is malformed.
     """
 
     indptr: torch.Tensor
@@ -55,8 +106,9 @@ class BatchGraph:
     batch_size: int
     seq_len: int
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    validate: InitVar[bool] = True
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, validate: bool) -> None:
         if self.indptr.ndim != 1 or self.indptr.numel() != self.batch_size * self.seq_len + 1:
             raise ValueError(
                 f"indptr must have shape (batch_size * seq_len + 1,) = ({self.batch_size * self.seq_len + 1},), "
@@ -66,6 +118,12 @@ class BatchGraph:
             raise ValueError(f"indices must be 1-D, got shape {tuple(self.indices.shape)}.")
         if self.indptr.device != self.indices.device:
             raise ValueError("indptr and indices must be on the same device.")
+        if validate:
+            n = self.batch_size * self.seq_len
+            check_csr_tensors(self.indptr, self.indices, n, n, "BatchGraph")
+            rows = self.row_ids()
+            if self.indices.numel() and bool((rows // self.seq_len != self.indices // self.seq_len).any()):
+                raise ValueError("BatchGraph is not block-diagonal: an edge joins tokens of two different cells.")
 
     @property
     def n_edges(self) -> int:
@@ -82,7 +140,8 @@ class BatchGraph:
         device = torch.device(device)
         if self.indices.device == device:
             return self
-        return BatchGraph(self.indptr.to(device), self.indices.to(device), self.batch_size, self.seq_len)
+        return BatchGraph(self.indptr.to(device), self.indices.to(device), self.batch_size, self.seq_len,
+                          validate=False)
 
     def row_ids(self) -> torch.Tensor:
         """``(E,)`` int64 flattened query index of every edge (the CSR rows expanded)."""
@@ -230,7 +289,9 @@ def induced_batch_graph(
     Raises
     ------
     ValueError
-        If ``tokens`` is not 2-D, a token is ``< -1`` or ``>= n_genes``, or the CSR arrays are malformed.
+        If ``tokens`` is not 2-D, a token is ``< -1`` or ``>= n_genes``, or the CSR arrays are malformed
+        (not integers, ``graph_indptr`` not non-decreasing from 0 to ``len(graph_indices)``, an index
+        outside ``[0, n_genes)``): checked before any indexing, ``O(n_genes + nnz)``.
 
     Notes
     -----
@@ -243,11 +304,14 @@ def induced_batch_graph(
         raise ValueError(f"tokens must have shape (B, L), got {tuple(tokens.shape)}.")
     if graph_indptr.ndim != 1 or graph_indptr.numel() < 1 or graph_indices.ndim != 1:
         raise ValueError("graph_indptr must be 1-D (n_genes + 1,) and graph_indices 1-D (nnz,).")
+    if not _is_integer(tokens):
+        raise ValueError(f"tokens must be integer gene indices, got dtype {tokens.dtype}.")
+    n_genes = graph_indptr.numel() - 1
+    check_csr_tensors(graph_indptr, graph_indices, n_genes, n_genes, "the gene graph")
     dev = tokens.device
     tokens = tokens.to(torch.int64)
     graph_indptr = graph_indptr.to(device=dev, dtype=torch.int64)
     graph_indices = graph_indices.to(device=dev, dtype=torch.int64)
-    n_genes = graph_indptr.numel() - 1
     b, n_tok = tokens.shape
     n_flat = b * n_tok
 
@@ -261,8 +325,6 @@ def induced_batch_graph(
         raise ValueError(
             f"tokens must be in [0, {n_genes}) (the global graph has {n_genes} genes) or -1 for padding."
         )
-    if int(graph_indptr[-1]) != graph_indices.numel():
-        raise ValueError("graph_indptr[-1] must equal len(graph_indices).")
 
     flat_tok = tokens.reshape(-1)
     gene_pos = torch.nonzero(gene.reshape(-1)).flatten()  # flat positions of gene tokens
@@ -305,7 +367,7 @@ def induced_batch_graph(
     indices = edge_key - rows * n_flat
     indptr = torch.zeros(n_flat + 1, dtype=torch.int64, device=dev)
     torch.cumsum(torch.bincount(rows, minlength=n_flat), 0, out=indptr[1:])
-    graph = BatchGraph(indptr, indices, b, n_tok)
+    graph = BatchGraph(indptr, indices, b, n_tok, validate=False)  # built from a checked graph
     graph._cache["rows"] = rows
     logger.debug("induced_batch_graph: B=%d L=%d E=%d", b, n_tok, indices.numel())
     return graph

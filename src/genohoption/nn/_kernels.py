@@ -177,6 +177,27 @@ def _sddmm_kernel(d: int, parallel: bool = True):
     return kernel
 
 
+def _check_csr(crow: torch.Tensor, col: torch.Tensor, n_rows: int, edge_arrays: dict[str, torch.Tensor],
+               name: str) -> None:
+    """Check the CSR arrays in ``O(1)`` before a kernel reads them without bounds checks.
+
+    ``crow`` must be 1-D integer of length ``n_rows + 1`` starting at 0, and ``col`` and every array of
+    ``edge_arrays`` (values per edge) must hold at least ``crow[-1]`` entries. The order of ``crow`` and
+    the range of ``col`` are the caller's (:class:`~genohoption.nn.BatchGraph` validates them).
+    """
+    for what, t in (("crow", crow), ("col", col)):
+        if t.dim() != 1 or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise ValueError(f"{name}: {what} must be a 1-D integer tensor, got {t.dtype} of shape {tuple(t.shape)}.")
+    if crow.numel() != n_rows + 1:
+        raise ValueError(f"{name}: crow must have n_rows + 1 = {n_rows + 1} entries, got {crow.numel()}.")
+    nnz = int(crow[-1])
+    if int(crow[0]) != 0 or nnz < 0:
+        raise ValueError(f"{name}: crow must start at 0 and end at the number of edges, got {int(crow[0])}..{nnz}.")
+    for what, t in {"col": col, **edge_arrays}.items():
+        if t.numel() < nnz:
+            raise ValueError(f"{name}: {what} has {t.numel()} entries but crow[-1] = {nnz} edges.")
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
     if t.device.type != "cpu" or not t.is_contiguous():
         raise ValueError("numba kernels need contiguous CPU tensors.")
@@ -282,7 +303,8 @@ def spmm(
     Raises
     ------
     ValueError
-        Shapes, dtypes, or tensors not contiguous on CPU.
+        Shapes, dtypes, tensors not contiguous on CPU, or CSR arrays of the wrong length (``crow`` not
+        ``(n + 1,)`` from 0, ``col`` / ``val`` shorter than ``crow[-1]``).
     KernelError
         The kernel failed to compile or load.
     """
@@ -291,6 +313,9 @@ def spmm(
         raise ValueError("spmm: x and out must be (n, d) with the dtype of val.")
     if beta != 0.0 and (v is None or v.shape != out.shape):
         raise ValueError("spmm: beta != 0 needs v with the shape of out.")
+    if total is not None and total.shape != out.shape:
+        raise ValueError("spmm: total must have the shape of out.")
+    _check_csr(crow, col, n, {"val": val}, "spmm")
     if n == 0 or d == 0:
         return out
     cast = _scalar(x)
@@ -330,11 +355,15 @@ def sddmm(
     Raises
     ------
     ValueError
-        Tensors not contiguous on CPU.
+        Tensors not contiguous on CPU, ``a`` and ``b`` of different widths, or CSR arrays of the wrong
+        length (``crow`` not ``(n + 1,)`` from 0, ``col`` / ``out`` shorter than ``crow[-1]``).
     KernelError
         The kernel failed to compile or load.
     """
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError("sddmm: a and b must be (n, d) and (m, d).")
     d = a.shape[1]
+    _check_csr(crow, col, a.shape[0], {"out": out}, "sddmm")
     if out.numel() == 0:
         return out
     if d == 0:
