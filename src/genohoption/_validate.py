@@ -7,6 +7,7 @@ bad values or shapes.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,19 @@ from scipy import sparse
 
 #: rows checked at a time for dense matrices (bounds the temporary memory of the checks)
 _CHECK_ELEMENTS = 2**24
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""Largest float32; the models compute in float32, so larger values would become infinite."""
+
+SCALE_SAMPLE_CELLS = 2000
+"""Cells (evenly spaced rows) read by :func:`value_scale`."""
+
+SCALE_RATIO = 4.0
+"""A query whose maximum differs from the reference's by more than this factor, and whose values are integer
+where the reference's are not (or the reverse), is flagged by :func:`check_value_scale`."""
+
+SCALE_RATIO_ANY = 50.0
+"""A query whose maximum differs from the reference's by more than this factor is flagged whatever its kind."""
 
 RNA_MODALITY = "rna"
 """Modality of a :class:`~mudata.MuData` used where an AnnData is expected."""
@@ -97,7 +111,7 @@ def get_matrix(adata: AnnData, layer: str | None = None):
     KeyError
         If ``layer`` is not in ``adata.layers``.
     ValueError
-        If ``adata.X`` is ``None``.
+        If ``adata.X`` is ``None``, or a sparse matrix whose index arrays are corrupt.
     TypeError
         If the values are not real numbers, or are float16 (too imprecise; convert to float32).
     """
@@ -117,11 +131,13 @@ def get_matrix(adata: AnnData, layer: str | None = None):
         raise TypeError(f"{where} is float16, too imprecise; convert it with {where} = {where}.astype('float32').")
     if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer) or dtype == np.bool_):
         raise TypeError(f"{where} must hold real numbers, got dtype {dtype}; convert it to float32.")
+    if sparse.issparse(X):  # a corrupt structure (an h5ad can carry one) would crash SciPy's C code
+        check_sparse_structure(X, where, MATRIX_FIX)
     return X
 
 
 def check_values(X, where: str = "the expression matrix") -> None:
-    """Raise ``ValueError`` unless every value of ``X`` is finite and non-negative.
+    """Raise ``ValueError`` unless every value of ``X`` is finite, non-negative and within float32's range.
 
     Parameters
     ----------
@@ -134,7 +150,8 @@ def check_values(X, where: str = "the expression matrix") -> None:
     Raises
     ------
     ValueError
-        For NaN, inf or negative values (scaled or centred data).
+        For NaN, inf or negative values (scaled or centred data), or values above the largest float32
+        (``3.4e38``; the models compute in float32).
     """
     if sparse.issparse(X):
         chunks = [X.data]
@@ -155,6 +172,75 @@ def check_values(X, where: str = "the expression matrix") -> None:
                 f"{where} contains negative values; genohoption expects counts or log-normalised expression "
                 "(sc.pp.normalize_total + sc.pp.log1p), not scaled or centred data."
             )
+        if chunk.dtype.itemsize > 4 and np.issubdtype(chunk.dtype, np.floating) and (chunk > FLOAT32_MAX).any():
+            raise ValueError(
+                f"{where} holds values above {FLOAT32_MAX:.3g}, which become infinite in float32 (the models "
+                "compute in float32); normalise the data first (sc.pp.normalize_total + sc.pp.log1p)."
+            )
+
+
+def value_scale(X) -> dict[str, Any]:
+    """Summarise the scale of an expression matrix, to tell raw counts from log-normalised values.
+
+    Parameters
+    ----------
+    X
+        Dense or sparse ``(n_obs, n_vars)`` matrix of non-negative values; up to
+        :data:`SCALE_SAMPLE_CELLS` evenly spaced rows are read.
+
+    Returns
+    -------
+    ``{"max": float, "mean_nonzero": float, "integer": bool, "n_cells": int}``: the largest value, the
+    mean of the non-zero values and whether every non-zero value is an integer (raw counts), over the
+    rows read (``n_cells``).
+    """
+    n = int(X.shape[0])
+    rows = np.unique(np.linspace(0, n - 1, min(n, SCALE_SAMPLE_CELLS)).round().astype(np.int64)) if n else []
+    sample = X[rows] if n else X[:0]
+    values = sample.data if sparse.issparse(sample) else np.asarray(sample).ravel()
+    values = np.asarray(values, dtype=np.float64)
+    values = values[values != 0]
+    if values.size == 0:
+        return {"max": 0.0, "mean_nonzero": 0.0, "integer": True, "n_cells": len(rows)}
+    return {
+        "max": float(values.max()),
+        "mean_nonzero": float(values.mean()),
+        "integer": bool(np.array_equal(values, np.round(values))),
+        "n_cells": len(rows),
+    }
+
+
+def _describe_scale(scale: dict[str, Any]) -> str:
+    kind = "integers (raw counts)" if scale["integer"] else "non-integer values (e.g. log-normalised)"
+    return f"{kind}, max {scale['max']:.4g}"
+
+
+def check_value_scale(reference: dict[str, Any] | None, query: dict[str, Any], where: str = "the query",
+                      *, stacklevel: int = 2) -> bool:
+    """Warn when ``query`` is clearly on another scale than ``reference`` (see :func:`value_scale`).
+
+    Flagged: maxima more than :data:`SCALE_RATIO` apart with integer values on one side only (raw counts
+    into a model trained on log-normalised data, or the reverse), or maxima more than
+    :data:`SCALE_RATIO_ANY` apart. Nothing is compared when either summary is missing or all zero.
+
+    Returns
+    -------
+    Whether a :class:`UserWarning` was issued.
+    """
+    if not reference or not query or reference.get("max", 0) <= 0 or query.get("max", 0) <= 0:
+        return False
+    ratio = query["max"] / reference["max"]
+    far = max(ratio, 1 / ratio)
+    if not ((far > SCALE_RATIO and query["integer"] != reference["integer"]) or far > SCALE_RATIO_ANY):
+        return False
+    warnings.warn(
+        f"{where} holds {_describe_scale(query)}, but the model was trained on {_describe_scale(reference)}: "
+        "transform the query as the reference was (e.g. sc.pp.normalize_total(query, target_sum=1e4) then "
+        "sc.pp.log1p(query), or pass the same layer); predictions on another scale are unreliable.",
+        UserWarning,
+        stacklevel=stacklevel + 1,
+    )
+    return True
 
 
 def check_unique_var_names(adata: AnnData) -> None:
@@ -198,7 +284,14 @@ def check_key(key: Any, what: str = "key_added") -> str:
     return key
 
 
-def check_csr_structure(indptr, indices, n_rows: int, n_cols: int, where: str) -> None:
+GRAPH_FIX = "rebuild it (e.g. gh.pp.build_gene_graph) or repair the file"
+"""The fix named when a gene graph's sparse structure is corrupt."""
+
+MATRIX_FIX = "read the data again from an intact file, or repair the file it came from"
+"""The fix named when an expression matrix's sparse structure is corrupt."""
+
+
+def check_csr_structure(indptr, indices, n_rows: int, n_cols: int, where: str, fix: str = GRAPH_FIX) -> None:
     """Check CSR index arrays before any C code reads them (a bad structure can crash the interpreter).
 
     Parameters
@@ -211,6 +304,8 @@ def check_csr_structure(indptr, indices, n_rows: int, n_cols: int, where: str) -
         Shape of the matrix.
     where
         Name of the matrix, for messages.
+    fix
+        What the message tells the user to do.
 
     Raises
     ------
@@ -219,7 +314,6 @@ def check_csr_structure(indptr, indices, n_rows: int, n_cols: int, where: str) -
         ``len(indices)``, or if an index is negative or ``>= n_cols``, or the arrays are not integers.
     """
     indptr, indices = np.asarray(indptr), np.asarray(indices)
-    fix = "rebuild it (e.g. gh.pp.build_gene_graph) or repair the file"
     if indptr.ndim != 1 or indices.ndim != 1 or not (
         np.issubdtype(indptr.dtype, np.integer) and np.issubdtype(indices.dtype, np.integer)
     ):
@@ -238,7 +332,7 @@ def check_csr_structure(indptr, indices, n_rows: int, n_cols: int, where: str) -
         )
 
 
-def check_sparse_structure(M, where: str) -> None:
+def check_sparse_structure(M, where: str, fix: str = GRAPH_FIX) -> None:
     """Check a SciPy sparse matrix's index arrays (CSR, CSC or COO) before SciPy's C code reads them.
 
     Raises
@@ -248,16 +342,16 @@ def check_sparse_structure(M, where: str) -> None:
     """
     n_rows, n_cols = M.shape
     if M.format == "csr":
-        check_csr_structure(M.indptr, M.indices, n_rows, n_cols, where)
+        check_csr_structure(M.indptr, M.indices, n_rows, n_cols, where, fix)
     elif M.format == "csc":
-        check_csr_structure(M.indptr, M.indices, n_cols, n_rows, where)
+        check_csr_structure(M.indptr, M.indices, n_cols, n_rows, where, fix)
     elif M.format == "coo":
         for name, idx, n in (("row", M.row, n_rows), ("col", M.col, n_cols)):
             idx = np.asarray(idx)
             if idx.size and (idx.min() < 0 or idx.max() >= n):
-                raise ValueError(f"{where} is not a valid COO matrix ({name} index out of range).")
+                raise ValueError(f"{where} is not a valid COO matrix ({name} index out of range); {fix}.")
     if M.format in ("csr", "csc", "coo") and np.asarray(M.data).size != M.nnz:
-        raise ValueError(f"{where} is not a valid sparse matrix (data and index arrays differ in length).")
+        raise ValueError(f"{where} is not a valid sparse matrix (data and index arrays differ in length); {fix}.")
 
 
 def check_graph(adata: AnnData, graph_key: str) -> sparse.csr_matrix:
