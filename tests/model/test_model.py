@@ -66,7 +66,9 @@ def test_predict_writes_obs_obsm_uns(trained):
     assert probs.shape == (q.n_obs, len(model.labels))
     np.testing.assert_allclose(probs.to_numpy().sum(1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(conf, probs.to_numpy().max(1))
-    assert (probs.idxmax(axis=1).to_numpy() == out.astype(str).to_numpy()).all()
+    # column names are the cell types with "/" replaced by "|" (h5ad); uns keeps the true names in column order
+    assert (probs.idxmax(axis=1).to_numpy() == out.astype(str).str.replace("/", "|").to_numpy()).all()
+    assert q.uns["genohoption"]["predict"]["classes"] == [str(c) for c in model.labels]
     assert q.uns["genohoption"]["predict"]["key_added"] == "genohoption_prediction"
 
 

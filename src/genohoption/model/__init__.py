@@ -11,6 +11,7 @@ from ._pretrained import (
     map_genes,
     read_pretrained,
 )
+from ._resume import EpochSeed, TrainingCheckpoint
 from ._training import (
     ClassificationTrainingPlan,
     MaskedExpressionTrainingPlan,
@@ -21,6 +22,7 @@ from ._training import (
 __all__ = [
     "CheckpointError",
     "ClassificationTrainingPlan",
+    "EpochSeed",
     "GeneMapping",
     "GenoHoptionModel",
     "MaskedExpressionTrainingPlan",
@@ -29,6 +31,7 @@ __all__ = [
     "PretrainedReport",
     "RegressionTrainingPlan",
     "RestoreBestWeights",
+    "TrainingCheckpoint",
     "load_pretrained_weights",
     "map_genes",
     "read_pretrained",

@@ -19,9 +19,11 @@ from .._validate import (
     check_key,
     check_labels,
     check_unique_var_names,
+    check_value_scale,
     check_values,
     get_matrix,
     matrix_name,
+    value_scale,
 )
 from ..module import AnnotationModule
 from ._pretrained import load_pretrained_weights
@@ -143,22 +145,35 @@ class AnnotationTask(Task):
 
     # ---------------------------------------------------------------- inference
     @torch.inference_mode()
-    def _forward(self, adata: AnnData | None, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    def _forward(self, adata: AnnData, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings and class probabilities of ``adata``'s cells (an AnnData already checked by ``_query``).
+
+        Raises
+        ------
+        ValueError
+            For a query without cells or genes in common, bad values, or outputs that are not finite
+            (naming the damaged weights when there are).
+        """
         model = self.model
-        adata = model._query(adata)
+        if adata.n_obs == 0:
+            raise ValueError("The query has no cells (n_obs = 0); pass at least one cell (check the filter that "
+                             "selected them).")
         X = aligned_matrix(adata, model.var_names, model.registry_["setup_args"]["layer"])
+        check_value_scale(getattr(model, "value_scale_", None), value_scale(X), "The query", stacklevel=4)
         model.module.eval()
-        latents, probs = [np.empty((0, model.module.d_latent), np.float32)], []
-        probs.append(np.empty((0, model.summary_stats.n_labels), np.float32))
+        latents, probs = [], []
         for x in iter_rows(X, batch_size, model.device):
             out = model.module(x)
-            latents.append(out["z"].float().cpu().numpy())
-            probs.append(torch.softmax(out["logits"].float(), -1).cpu().numpy())
+            z, p = out["z"].float(), torch.softmax(out["logits"].float(), -1)
+            if not (bool(torch.isfinite(z).all()) and bool(torch.isfinite(p).all())):
+                raise _not_finite(model.module)
+            latents.append(z.cpu().numpy())
+            probs.append(p.cpu().numpy())
         return np.concatenate(latents), np.concatenate(probs)
 
     def get_latent_representation(self, adata: AnnData | None = None, *, batch_size: int = 128) -> np.ndarray:
-        """Cell embeddings ``(n_obs, d_model)`` (see :meth:`GenoHoptionModel.get_latent_representation`)."""
-        return self._forward(adata, batch_size)[0]
+        """Cell embeddings ``(n_obs, d_latent)`` (see :meth:`GenoHoptionModel.get_latent_representation`)."""
+        return self._forward(self.model._query(adata), batch_size)[0]
 
     def predict(self, adata: AnnData | None = None, *, batch_size: int = 128,
                 key_added: str = K.PREDICTION_KEY) -> pd.Series:
@@ -175,20 +190,65 @@ class AnnotationTask(Task):
         pred = pd.Categorical(labels[probs.argmax(1)], categories=labels)
         series = pd.Series(pred, index=adata.obs_names, name=key_added)
         confidence_key = confidence_key_for(key_added)
+        columns = probability_columns(labels)
         record = {
             "key_added": key_added,
             "confidence_key": confidence_key,
+            "probabilities_key": K.PROBABILITIES_KEY,
+            "classes": [str(c) for c in labels],
             "attention": self.model.params["attention"],
             "n_genes_matched": int(adata.var_names.astype(str).isin(self.model.var_names).sum()),
         }
+        if adata.is_view:  # as scanpy does: the view becomes an AnnData of its own (its parent is not written)
+            warnings.warn(
+                "predict received a view of an AnnData: it is made an AnnData of its own before the results are "
+                "written (its parent is unchanged); pass adata.copy() to avoid this warning.",
+                UserWarning,
+                stacklevel=3,
+            )
+            adata._init_as_actual(adata.copy())
         # everything is computed: write
         adata.obs[key_added] = series
-        adata.obs[confidence_key] = probs.max(1) if len(probs) else np.empty(0, np.float32)
-        adata.obsm[K.PROBABILITIES_KEY] = pd.DataFrame(probs, index=adata.obs_names, columns=labels.astype(str))
+        adata.obs[confidence_key] = probs.max(1)
+        adata.obsm[K.PROBABILITIES_KEY] = pd.DataFrame(probs, index=adata.obs_names, columns=columns)
         adata.uns.setdefault(K.UNS_KEY, {})[K.UNS_PREDICT] = record
         logger.info("wrote adata.obs[%r], adata.obs[%r], adata.obsm[%r]", key_added, confidence_key,
                     K.PROBABILITIES_KEY)
         return series
+
+
+def _not_finite(module: torch.nn.Module) -> ValueError:
+    """Return the error for NaN / infinite outputs, naming the module's non-finite weights when there are."""
+    bad = [name for name, t in [*module.named_parameters(), *module.named_buffers()]
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        return ValueError(
+            f"The model's weights hold NaN or infinite values ({bad[:5]}{' …' if len(bad) > 5 else ''}), so its "
+            "outputs are not finite: the model is damaged (or its training diverged); retrain it (e.g. with a "
+            "lower lr) or load an intact copy."
+        )
+    return ValueError(
+        "The model's outputs are not finite although its weights are: check that the query holds values on the "
+        "reference's scale (e.g. log-normalised, not huge raw values)."
+    )
+
+
+PROBABILITY_COLUMN_SLASH = "|"
+"""Replaces ``/`` in cell-type names used as column names of ``obsm["genohoption_probabilities"]`` (h5ad group
+names cannot hold ``/``); ``uns["genohoption"]["predict"]["classes"]`` keeps the true names."""
+
+
+def probability_columns(labels) -> list[str]:
+    """Column names of the probability table: the cell types as strings, ``/`` replaced (kept unique)."""
+    columns, seen = [], set()
+    for label in labels:
+        name = base = str(label).replace("/", PROBABILITY_COLUMN_SLASH)
+        k = 2
+        while name in seen:
+            name, k = f"{base} ({k})", k + 1
+        seen.add(name)
+        columns.append(name)
+    return columns
 
 
 def confidence_key_for(key_added: str) -> str:
@@ -199,4 +259,4 @@ def confidence_key_for(key_added: str) -> str:
         f"{key_added}_confidence")
 
 
-__all__ = ["AnnotationTask", "confidence_key_for"]
+__all__ = ["PROBABILITY_COLUMN_SLASH", "AnnotationTask", "confidence_key_for", "probability_columns"]

@@ -75,8 +75,20 @@ def _write(path: Path, data: bytes) -> None:
             tmp.unlink()
 
 
+REQUIRED_META = ("class", "init_params", "registry")
+"""Entries of ``model.json`` without which a model cannot be rebuilt."""
+
+
 def file_paths(dir_path: str | os.PathLike, prefix: str | None) -> dict[str, Path]:
-    """Paths of the weights, metadata and AnnData files of a saved model."""
+    """Paths of the weights, metadata and AnnData files of a saved model.
+
+    Raises
+    ------
+    ValueError
+        If ``prefix`` is not a string or holds a path separator (it prefixes file names).
+    """
+    if prefix is not None and (not isinstance(prefix, str) or "/" in prefix or os.sep in prefix):
+        raise ValueError(f"prefix must be a file-name prefix without '/', got {prefix!r}; put folders in dir_path.")
     path, prefix = Path(dir_path), prefix or ""
     return {"weights": path / f"{prefix}{WEIGHTS_FILE}", "meta": path / f"{prefix}{META_FILE}",
             "adata": path / f"{prefix}{ADATA_FILE}"}
@@ -120,7 +132,8 @@ def load_model_files(dir_path: str | os.PathLike, prefix: str | None = None
     FileNotFoundError
         If either file is missing.
     ValueError
-        If a file is damaged (not JSON, not safetensors, or weights whose checksum differs).
+        If a file is damaged (not JSON, entries missing, not safetensors, weights whose checksum differs,
+        or NaN / infinite weights).
     """
     paths = file_paths(dir_path, prefix)
     for key in ("weights", "meta"):
@@ -130,10 +143,13 @@ def load_model_files(dir_path: str | os.PathLike, prefix: str | None = None
             )
     try:
         meta = _decode(json.loads(paths["meta"].read_text()))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{paths['meta']} is damaged ({e}); save the model again.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{paths['meta']} is damaged ({type(e).__name__}: {e}); save the model again.") from None
     if not isinstance(meta, dict):
         raise ValueError(f"{paths['meta']} is damaged (not a JSON object); save the model again.")
+    missing = [k for k in REQUIRED_META if not isinstance(meta.get(k), dict | str) or not meta.get(k)]
+    if missing:
+        raise ValueError(f"{paths['meta']} is damaged (no valid {', '.join(missing)}); save the model again.")
     data = paths["weights"].read_bytes()
     expected = meta.get("weights_sha256")
     if expected is not None and hashlib.sha256(data).hexdigest() != expected:
@@ -145,4 +161,10 @@ def load_model_files(dir_path: str | os.PathLike, prefix: str | None = None
         state = load_tensors(data)
     except Exception as e:  # safetensors raises its own error type for damaged headers
         raise ValueError(f"{paths['weights']} is not a valid safetensors file ({e}); save the model again.") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(
+            f"{paths['weights']} holds NaN or infinite weights in {bad[:5]}{' …' if len(bad) > 5 else ''}: the model "
+            "is damaged (or its training diverged); retrain it (e.g. with a lower lr) or load an intact copy."
+        )
     return state, meta

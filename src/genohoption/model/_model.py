@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -11,18 +12,20 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 from scvi import REGISTRY_KEYS
+from scvi import settings as scvi_settings
 from scvi.data import AnnDataManager
 from scvi.model._utils import parse_device_args
 from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 
 from .. import _constants as K
-from .._validate import as_anndata, check_csr_structure, check_graph
+from .._validate import as_anndata, check_csr_structure, check_graph, value_scale
 from ..module._annotation import CELL_EMBEDDINGS
 from ..nn._heads import INPUT_NORMS
 from ._callbacks import PreciseBatchNorm
 from ._io import file_paths, load_model_files, save_model_files
 from ._pretrained import map_genes, read_pretrained
+from ._resume import EpochSeed
 from ._task import task_class
 from ._training import RestoreBestWeights
 
@@ -114,6 +117,11 @@ class GenoHoptionModel(BaseModelClass):
     pretrained_report_
         :class:`~genohoption.model.PretrainedReport` (matched / missing / unexpected keys, shape
         mismatches, genes matched) when ``pretrained`` was given, else ``None``.
+    value_scale_
+        Scale of the registered expression values (``max``, ``mean_nonzero``, ``integer``; see
+        :func:`genohoption._validate.value_scale`), saved with the model; :meth:`predict` and
+        :meth:`get_latent_representation` warn when a query's values are clearly on another scale.
+        ``None`` for models saved before it was recorded.
     history_
         Per-epoch training metrics (dict of DataFrames): ``train_loss``, ``validation_loss``, and for
         annotation ``train_accuracy``, ``validation_accuracy``, ``validation_macro_f1``; for
@@ -200,6 +208,9 @@ class GenoHoptionModel(BaseModelClass):
         self.pretrained_report_ = None
         self.pretrain_history_: dict | None = None
         self.module = self._task.build_module(adata, graph, self.params, checkpoint=checkpoint, genes=genes)
+        #: scale of the registered values (raw counts or log-normalised), compared with queries' at inference
+        self.value_scale_ = (value_scale(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY))
+                             if adata is not None else None)
         if checkpoint is not None:  # the head decision is part of the architecture: save it
             self.init_params_["non_kwargs"]["backbone_config"] = self.params["backbone_config"]
         self._model_summary_string = self._task.summary()
@@ -355,7 +366,16 @@ class GenoHoptionModel(BaseModelClass):
         ``early_stopping_patience`` epochs, and the weights of the best validation epoch are restored
         at the end. The statistics of the classifier's BatchNorm are re-estimated with the current
         weights before every validation and at the end (:class:`~genohoption.model.PreciseBatchNorm`).
-        Per-epoch metrics are in :attr:`history_`.
+        Per-epoch metrics are in :attr:`history_`. When the cells are too few to hold any out (e.g. 3 cells
+        with ``train_size=0.9``), training runs on all of them without validation, with a warning.
+
+        Every epoch starts by seeding torch, NumPy and :mod:`random` from ``(scvi.settings.seed, epoch)``
+        (:class:`~genohoption.model.EpochSeed`), so training interrupted and resumed from a checkpoint ends
+        with the same weights as uninterrupted training: pass
+        ``callbacks=[genohoption.model.TrainingCheckpoint(dir)]`` to write ``dir/last.ckpt`` after every
+        epoch, and to resume, set up the same data with the same ``scvi.settings.seed``, create the model
+        with the same arguments and call ``train`` with the same arguments plus
+        ``ckpt_path=f"{dir}/last.ckpt"``. :attr:`history_` then holds the resumed epochs only.
 
         Parameters
         ----------
@@ -384,13 +404,17 @@ class GenoHoptionModel(BaseModelClass):
             or :class:`~genohoption.model.RegressionTrainingPlan`), e.g. ``optimizer``.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` (Lightning), e.g. ``enable_progress_bar``,
-            ``enable_checkpointing``.
+            ``callbacks``; ``ckpt_path`` (a checkpoint of :class:`~genohoption.model.TrainingCheckpoint`)
+            resumes training from it.
 
         Raises
         ------
         ValueError
             If the model holds no registered data (loaded without trainable data), or for non-positive
-            ``max_epochs`` / ``batch_size`` or a ``train_size`` outside ``(0, 1]``.
+            ``max_epochs`` / ``batch_size``, a ``train_size`` outside ``(0, 1]`` or a ``validation_size``
+            outside ``[0, 1 - train_size]``.
+        FileNotFoundError
+            If ``ckpt_path`` is not a file.
         """
         if self.adata_manager is None:
             raise ValueError(
@@ -400,9 +424,31 @@ class GenoHoptionModel(BaseModelClass):
         for name, value in (("max_epochs", max_epochs), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if not 0 < train_size <= 1:
+        if isinstance(train_size, bool) or not isinstance(train_size, int | float) or not 0 < train_size <= 1:
             raise ValueError(f"train_size must be in (0, 1], got {train_size!r}.")
+        if validation_size is not None and (isinstance(validation_size, bool) or not isinstance(
+                validation_size, int | float) or not 0 <= validation_size < 1 or train_size + validation_size > 1):
+            raise ValueError(f"validation_size must be in [0, 1 - train_size], got {validation_size!r}.")
+        ckpt_path = trainer_kwargs.get("ckpt_path")
+        if ckpt_path is not None and not (ckpt_path in ("last", "best", "hpc", "registry")
+                                          or os.path.isfile(ckpt_path)):
+            raise FileNotFoundError(
+                f"ckpt_path={ckpt_path!r} is not a file; pass the checkpoint written by "
+                "genohoption.model.TrainingCheckpoint (its .path, e.g. 'ckpt_dir/last.ckpt')."
+            )
         has_validation = train_size < 1 or (validation_size or 0) > 0
+        n_cells = self.adata_manager.adata.n_obs
+        n_train = math.ceil(train_size * n_cells)
+        n_val = n_cells - n_train if validation_size is None else math.floor(n_cells * validation_size)
+        if has_validation and n_val == 0:
+            warnings.warn(
+                f"{n_cells} cells leave no validation cell with train_size={train_size}: training on all of them for "
+                f"max_epochs={max_epochs} epochs, without early stopping or best-epoch weights; pass train_size=1.0 "
+                "to ask for this, or give more cells.",
+                UserWarning,
+                stacklevel=2,
+            )
+            has_validation, train_size, validation_size = False, 1.0, None
         plan = self._task.training_plan(**{"lr": lr, "weight_decay": weight_decay, **(plan_kwargs or {})})
         splitter = self._task.data_splitter_cls(
             self.adata_manager, train_size=train_size, validation_size=validation_size, batch_size=batch_size,
@@ -413,6 +459,8 @@ class GenoHoptionModel(BaseModelClass):
             callbacks.append(PreciseBatchNorm())  # a no-op for modules without BatchNorm
         if has_validation and restore_best_weights and not any(isinstance(c, RestoreBestWeights) for c in callbacks):
             callbacks.append(RestoreBestWeights("validation_loss", "min"))
+        if not any(isinstance(c, EpochSeed) for c in callbacks):  # each epoch's draws depend on (seed, epoch) only
+            callbacks.append(EpochSeed(scvi_settings.seed or 0))
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
         if has_validation:
@@ -520,7 +568,16 @@ class GenoHoptionModel(BaseModelClass):
         TypeError
             For a perturbation model, or if ``adata`` is not an AnnData / MuData.
         ValueError
-            If the query shares no gene with the model or holds NaN / negative values.
+            If the query has no cells, shares no gene with the model, holds NaN / negative values or
+            values beyond float32, or if the outputs are not finite (the message names the damaged
+            weights).
+
+        Warns
+        -----
+        UserWarning
+            If the model is untrained, or the query's values are clearly on another scale than the
+            reference's (raw counts into a model trained on log-normalised data, or the reverse; see
+            :attr:`value_scale_`).
         """
         return self._task.get_latent_representation(adata, batch_size=batch_size)
 
@@ -550,8 +607,12 @@ class GenoHoptionModel(BaseModelClass):
         - ``adata.obs[f"{key_added[:-len('prediction')]}confidence"]`` (``genohoption_confidence`` by
           default): probability of the predicted type, in [0, 1];
         - ``adata.obsm["genohoption_probabilities"]``: ``(n_obs, n_classes)`` DataFrame of class
-          probabilities;
-        - ``adata.uns["genohoption"]["predict"]``: the parameters of this call.
+          probabilities, one column per cell type; a ``/`` in a cell-type name becomes ``|`` in its column
+          name (h5ad files cannot store ``/`` in names);
+        - ``adata.uns["genohoption"]["predict"]``: the parameters of this call, and ``"classes"``, the
+          cell types in column order, as named in the reference.
+
+        A view is first made an AnnData of its own (with a warning), as scanpy does.
 
         Raises
         ------
@@ -559,10 +620,18 @@ class GenoHoptionModel(BaseModelClass):
             For a perturbation model, if ``adata`` is not an AnnData / MuData, or if
             ``adata.uns["genohoption"]`` is not a dict.
         ValueError
-            If the query shares no gene with the model, holds NaN / negative values, or ``key_added`` is
-            empty or contains ``/``.
+            If the query has no cells, shares no gene with the model, holds NaN / negative values or
+            values beyond float32, ``key_added`` is empty or contains ``/``, ``batch_size`` is not a
+            positive integer, or the outputs are not finite (the message names the damaged weights).
         KeyError
             If the model's layer is missing from the query.
+
+        Warns
+        -----
+        UserWarning
+            If the model is untrained, ``adata`` is a view, or the query's values are clearly on another
+            scale than the reference's (raw counts into a model trained on log-normalised data, or the
+            reverse; see :attr:`value_scale_`).
         """
         return self._task.predict(adata, batch_size=batch_size, key_added=key_added)
 
@@ -618,6 +687,11 @@ class GenoHoptionModel(BaseModelClass):
         KeyError
             If a perturbed gene is not in the model's gene universe (message names the genes), or the
             model's layer is missing from ``adata``.
+
+        Warns
+        -----
+        UserWarning
+            If ``adata.obs`` has the model's perturbation column and some cells are not controls.
         """
         return self._task.predict_perturbation(adata, conditions, batch_size=batch_size, key_prefix=key_prefix)
 
@@ -658,13 +732,13 @@ class GenoHoptionModel(BaseModelClass):
             If a model is already saved in ``dir_path`` (with ``prefix``) and ``overwrite`` is false, or
             ``dir_path`` is a file.
         ValueError
-            If ``save_anndata`` is true but the model holds no AnnData.
+            If ``save_anndata`` is true but the model holds no AnnData, or ``prefix`` holds a ``/``.
         """
         if save_anndata and self.adata is None:
             raise ValueError("save_anndata=True, but the model holds no AnnData (it was loaded without one).")
         meta = {"class": type(self).__name__, "init_params": self.init_params_, "registry": self.registry_,
                 "history": self.history_, "pretrain_history": self.pretrain_history_,
-                "is_trained": bool(self.is_trained_)}
+                "is_trained": bool(self.is_trained_), "value_scale": getattr(self, "value_scale_", None)}
         paths = save_model_files(dir_path, self.module.state_dict(), meta, prefix=prefix, overwrite=overwrite)
         if save_anndata:
             self.adata.write_h5ad(paths["adata"], **anndata_write_kwargs)
@@ -705,8 +779,14 @@ class GenoHoptionModel(BaseModelClass):
         FileNotFoundError
             If the files are missing.
         ValueError
-            If the files are damaged or were not written by this class.
+            If the files are damaged (checksum, JSON, safetensors, NaN weights, a malformed gene graph,
+            weights that do not fit the saved settings) or were not written by this class, or ``prefix``
+            holds a ``/``.
+        TypeError
+            If ``adata`` is not an AnnData / MuData.
         """
+        if adata is not None:
+            adata = as_anndata(adata)
         state, meta = load_model_files(dir_path, prefix)
         if meta.get("class") != cls.__name__:
             raise ValueError(f"{dir_path} holds a {meta.get('class')!r}, not a {cls.__name__}.")
@@ -714,26 +794,47 @@ class GenoHoptionModel(BaseModelClass):
         if adata is None and paths["adata"].is_file():
             import anndata
 
-            adata = anndata.read_h5ad(paths["adata"])
+            try:
+                adata = anndata.read_h5ad(paths["adata"])
+            except Exception as e:  # h5py / anndata errors of a damaged file
+                raise ValueError(
+                    f"{paths['adata']} cannot be read ({type(e).__name__}); pass adata= to load, or delete or "
+                    "replace that file."
+                ) from None
         registry = meta["registry"]
-        kwargs = {**meta["init_params"]["non_kwargs"], **meta["init_params"]["kwargs"]}
-        model = cls(None, registry=registry, **kwargs)
+        try:
+            kwargs = {**meta["init_params"]["non_kwargs"], **meta["init_params"]["kwargs"]}
+            model = cls(None, registry=registry, **kwargs)
+            n_genes = model.summary_stats.n_vars
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(
+                f"{paths['meta']} does not describe a valid {cls.__name__} ({type(e).__name__}: {e}); it is damaged "
+                "or from another version: save the model again."
+            ) from None
         for key in ("graph_indptr", "graph_indices"):
             if key not in state:
                 raise ValueError(f"{paths['weights']} has no {key!r}: it was not written by {cls.__name__}.save().")
-        n_genes = model.summary_stats.n_vars
         check_csr_structure(state["graph_indptr"].numpy(), state["graph_indices"].numpy(), n_genes, n_genes,
                             f"the gene graph saved in {paths['weights']}")
         model.module.graph_indptr = state["graph_indptr"].clone()
         model.module.graph_indices = state["graph_indices"].clone()
-        model.module.load_state_dict(state, strict=True)
+        try:
+            model.module.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()
+            raise ValueError(
+                f"{paths['weights']} does not fit the model described in {paths['meta'].name} "
+                f"({' '.join(first[:2])[:300]}): the files are damaged or come from different saves; save the "
+                "model again."
+            ) from None
         model.module.eval()
+        model.value_scale_ = meta.get("value_scale")
         model.is_trained_ = bool(meta.get("is_trained", True))
         model.history_ = meta.get("history")
         model.pretrain_history_ = meta.get("pretrain_history")
         model._model_summary_string = model._task.summary()
         if adata is not None:
-            adata = as_anndata(adata)
+            adata = as_anndata(adata)  # the saved AnnData read above
             if model._task.can_register(adata, registry):
                 cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
                 model._adata_manager = model._get_most_recent_anndata_manager(adata, required=True)

@@ -286,6 +286,15 @@ class RestoreBestWeights(Callback):
             self.best_score, self.best_epoch = value, int(trainer.current_epoch)
             self._state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.module.state_dict().items()}
 
+    def state_dict(self) -> dict:
+        """Best score, epoch and weights, kept in Lightning checkpoints (a resumed run restores the same best)."""
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch, "state": self._state}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.best_score, self.best_epoch = state_dict["best_score"], state_dict["best_epoch"]
+        self._state = state_dict["state"]
+
     def on_train_end(self, trainer, pl_module) -> None:
         """Load the best weights back into the module."""
         if self._state is None:
