@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -228,6 +229,16 @@ class PerturbationTask(Task):
             )
         setup = model.registry_["setup_args"]
         control_value = setup["control_value"]
+        pert_key = setup.get("perturbation_key")
+        if pert_key in adata.obs and not control_mask(adata.obs[pert_key], control_value).all():
+            n_other = int((~control_mask(adata.obs[pert_key], control_value)).sum())
+            warnings.warn(
+                f"predict_perturbation perturbs control cells, but {n_other} of the {adata.n_obs} cells given are not "
+                f"controls (adata.obs[{pert_key!r}] != {control_value!r}); pass "
+                f"adata[adata.obs[{pert_key!r}] == {control_value!r}].",
+                UserWarning,
+                stacklevel=3,
+            )
         table = condition_gene_indices(conds, self.universe, control_value, what="conditions")
         layer = setup["layer"]
         X = aligned_matrix(adata, model.var_names, layer)

@@ -21,6 +21,7 @@ import scipy.sparse as sp
 from .. import _constants as K
 from .._conditions import GeneUniverse, control_mask, gene_universe, parse_condition, parse_conditions
 from .._validate import (
+    as_anndata,
     check_key,
     check_obs_key,
     check_unique_var_names,
@@ -102,7 +103,10 @@ class PerturbationBaseline:
             If ``perturbation_key``, ``gene_symbols`` or ``layer`` is missing.
         ValueError
             For malformed conditions, no control cell, duplicated ``var_names`` or NaN / negative values.
+        TypeError
+            If ``adata`` is not an AnnData / MuData.
         """
+        adata = as_anndata(adata)
         check_obs_key(adata, perturbation_key, "perturbation_key")
         check_unique_var_names(adata)
         if gene_symbols is not None and gene_symbols not in adata.var:
@@ -184,14 +188,15 @@ class PerturbationBaseline:
             If the baseline is not fitted, a condition is malformed, or ``adata`` shares no gene with the
             training data.
         TypeError
-            If ``conditions`` is not a string or a list of strings, or ``adata.uns["genohoption"]`` is not
-            a dict.
+            If ``adata`` is not an AnnData / MuData, ``conditions`` is not a string or a list of strings,
+            or ``adata.uns["genohoption"]`` is not a dict.
         KeyError
             If the training layer is missing from ``adata``.
         """
         from anndata import AnnData
 
         self._check_fitted()
+        adata = as_anndata(adata)
         prefix = self.key_prefix if key_prefix is None else key_prefix
         single = isinstance(conditions, str)
         conds = [conditions] if single else (list(conditions) if isinstance(conditions, Sequence) else None)
