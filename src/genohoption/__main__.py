@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from ._constants import (
@@ -255,6 +256,23 @@ def _check_data(reference, query, labels_key: str, args: argparse.Namespace) -> 
             dup = adata.var_names[adata.var_names.duplicated()].unique()[:3].tolist()
             raise UserError(f"the {name}'s var_names are not unique (e.g. {dup}); call "
                             "adata.var_names_make_unique() and write the file again.")
+    from ._validate import check_value_scale, check_values, get_matrix, matrix_name, value_scale
+
+    if query.n_obs == 0:
+        raise UserError("the query has no cells; give a query file with at least one cell.")
+    matrices = {}
+    for name, adata in (("reference", reference), ("query", query)):
+        try:
+            matrices[name] = get_matrix(adata, args.layer)
+            check_values(matrices[name], f"the {name}'s {matrix_name(args.layer).removeprefix('adata.')}")
+        except (KeyError, TypeError, ValueError) as err:
+            message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+            raise UserError(message if message.startswith("the ") else f"the {name}: {message}") from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_value_scale(value_scale(matrices["reference"]), value_scale(matrices["query"]), "the query")
+    for warning in caught:
+        _warn(str(warning.message).replace("the model was trained on", "the reference holds"))
     n_shared = int(reference.var_names.isin(query.var_names).sum())
     if n_shared == 0:
         raise UserError(f"the query shares no gene with the reference (e.g. reference "
