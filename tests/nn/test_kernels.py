@@ -131,8 +131,9 @@ def _call_both(crow, col, val, x):
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
-def test_numba_thread_count_restored():
+def test_numba_thread_count_restored(monkeypatch):
     """A parallel call (2 torch threads) runs on 2 numba threads and leaves the caller's count as it was."""
+    monkeypatch.setattr(_kernels, "PARALLEL_MIN_WORK", 0)  # the small problem would run serially
     _, crow, col, val, x = _small_problem()
     before = numba.get_num_threads()
     seen = []
@@ -194,3 +195,24 @@ def test_kernel_error_names_the_cause(monkeypatch):
     with pytest.raises(_kernels.KernelError, match=r"spmm\(d=8, .*TypingError: cannot type this") as info:
         _kernels.spmm(crow, col, val, x, torch.empty_like(x))
     assert isinstance(info.value, RuntimeError) and isinstance(info.value.__cause__, TypingError)
+
+
+def test_small_work_runs_serially(monkeypatch):
+    """Below PARALLEL_MIN_WORK multiply-adds the serial build runs even with 2 torch threads (no pool wake-up)."""
+    _, crow, col, val, x = _small_problem()
+    seen = []
+    run = _kernels._run
+
+    def spy(name, factory, d, parallel, *args):
+        seen.append(parallel)
+        return run(name, factory, d, parallel, *args)
+
+    monkeypatch.setattr(_kernels, "_run", spy)
+    try:
+        torch.set_num_threads(2)
+        _call_both(crow, col, val, x)  # 40 rows x 20% x d=8: far below the threshold
+        monkeypatch.setattr(_kernels, "PARALLEL_MIN_WORK", 0)
+        _call_both(crow, col, val, x)
+    finally:
+        torch.set_num_threads(1)
+    assert seen == [False, False, True, True] if numba.config.NUMBA_NUM_THREADS >= 2 else [False] * 4

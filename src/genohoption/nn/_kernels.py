@@ -15,7 +15,8 @@ ahead (timings in ``benchmarks/README.md``). The loops over ``d`` are vectorised
 vectorizer, see :func:`_slp_vectorized`). CUDA keeps using ``torch.sparse`` (cuSPARSE).
 
 Threads: the kernels run on ``torch.get_num_threads()`` threads (numba's pool, capped by
-``NUMBA_NUM_THREADS``); with one thread a serial build runs, which never wakes the pool. The calling thread's
+``NUMBA_NUM_THREADS``); with one thread, or for less than :data:`PARALLEL_MIN_WORK` multiply-adds, a serial
+build runs, which never wakes the pool (waking it costs more than such a call, and its idle workers wait). The calling thread's
 numba thread count and ``numba.config`` are the same after a call as before it.
 
 Kernels are compiled on first use for each head dimension ``d``, dtype and index dtype (a second or two
@@ -50,6 +51,9 @@ __all__ = ["IMPORT_ERROR", "PREFETCH_DISTANCE", "KernelError", "available", "sdd
 # timings were flat between 8 and 24 on the benchmark machine
 PREFETCH_DISTANCE = 16
 """Edges ahead whose gathered row is prefetched."""
+
+PARALLEL_MIN_WORK = 2**15
+"""Calls with fewer multiply-adds (edges x head dimension) run the serial build (tens of microseconds)."""
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -230,15 +234,16 @@ def _slp_vectorized():
 
 
 @contextlib.contextmanager
-def _numba_threads():
+def _numba_threads(work: int):
     """Run on ``torch.get_num_threads()`` threads (at most ``NUMBA_NUM_THREADS``); yield whether in parallel.
 
-    With one thread the serial kernels run and numba's thread pool is not touched: a parallel kernel masked
-    to one thread still wakes the pool, whose idle worker spin-waits. Otherwise the calling thread's numba
-    thread count is set for the block and restored after it.
+    With one thread, or less than :data:`PARALLEL_MIN_WORK` multiply-adds of ``work``, the serial kernels run
+    and numba's thread pool is not touched: a parallel kernel masked to one thread still wakes the pool,
+    whose idle worker spin-waits. Otherwise the calling thread's numba thread count is set for the block and
+    restored after it.
     """
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    if threads == 1:
+    if threads == 1 or work < PARALLEL_MIN_WORK:
         yield False
         return
     old = numba.get_num_threads()
@@ -332,7 +337,7 @@ def spmm(
         xs if total is None else _np(total),
         total is not None,
     )
-    with _numba_threads() as parallel:
+    with _numba_threads(int(crow[-1]) * d) as parallel:
         _run("spmm", _spmm_kernel, d, parallel, *args)
     return out
 
@@ -370,6 +375,6 @@ def sddmm(
         return out.mul_(beta)
     cast = _scalar(a)
     args = (_np(crow), _np(col), _np(a), _np(b), _np(out), cast(alpha), cast(beta), cast(0.0))
-    with _numba_threads() as parallel:
+    with _numba_threads(int(crow[-1]) * d) as parallel:
         _run("sddmm", _sddmm_kernel, d, parallel, *args)
     return out
