@@ -282,3 +282,22 @@ def test_baseline_module_does_not_import_torch():
             imported.add(node.module.split(".")[0])
     assert imported and imported <= {"__future__", "typing", "numpy", "pandas", "scipy", "sklearn", "anndata"}
     assert "torch" not in imported
+
+
+@pytest.mark.parametrize(("preset", "torch_first", "expected"),
+                         [(None, False, "PASSIVE"), ("ACTIVE", False, "ACTIVE"), (None, True, None)])
+def test_thread_pools_told_to_yield_before_torch_loads(preset, torch_first, expected):
+    """The entry point asks OpenMP's idle threads to sleep, unless the user chose otherwise or it is too late."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys\n" + ("import torch\n" if torch_first else "") +
+            "from genohoption.__main__ import _yielding_thread_pools\n_yielding_thread_pools()\n"
+            "print(os.environ.get('OMP_WAIT_POLICY'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME")}
+    if preset is not None:
+        env["OMP_WAIT_POLICY"] = preset
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(expected)

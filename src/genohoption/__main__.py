@@ -94,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="early-stopping patience (epochs)")
     ann.add_argument("--batch-size", type=_int_at_least(1), default=32, metavar="N")
     ann.add_argument("--threads", type=_int_at_least(1), default=None, metavar="N",
-                     help="CPU threads for torch and the numba kernels (default: torch's default)")
+                     help="CPU threads for torch and the numba kernels (default: torch's default); idle threads "
+                     "sleep (OMP_WAIT_POLICY=PASSIVE unless set), so jobs can share cores")
     ann.add_argument("--seed", type=int, default=0, help="seed of torch, numpy, random (scvi-tools), the "
                      "baseline and the UMAP")
     ann.add_argument("--out", type=Path, default=Path("genohoption_output"), metavar="DIR",
@@ -575,8 +576,26 @@ def _print_perturb(metrics: dict, args: argparse.Namespace) -> None:
           + (f"; model in {args.save_model}" if args.save_model is not None else ""))
 
 
+YIELDING_THREADS = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+"""OpenMP settings the command line sets (unless already set) before torch and numba load their thread pools."""
+
+
+def _yielding_thread_pools() -> None:
+    """Let idle OpenMP worker threads sleep instead of spinning, so that jobs sharing cores do not slow each other.
+
+    torch's and numba's OpenMP pools (GNU libgomp; ``KMP_BLOCKTIME`` is Intel OpenMP's equivalent) read these
+    variables once, when they load: this runs before ``annotate`` / ``perturb`` import them, and does nothing
+    when they are already imported (e.g. :func:`main` called from Python) or the user set the variables.
+    """
+    if "torch" in sys.modules or "numba" in sys.modules:
+        return
+    for name, value in YIELDING_THREADS.items():
+        os.environ.setdefault(name, value)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``genohoption`` console script."""
+    _yielding_thread_pools()
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
