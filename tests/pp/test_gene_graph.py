@@ -345,15 +345,10 @@ def test_bad_prior_file_columns(adata_sym, tmp_path):
         gh.pp.build_gene_graph(adata_sym, prior=tmp_path / "missing.csv")
 
 
-def test_not_anndata_and_backed(adata_sym, tmp_path):
+def test_not_anndata(adata_sym):
     with pytest.raises(TypeError, match="AnnData"):
         gh.pp.build_gene_graph(adata_sym.X)
-    adata_sym.write_h5ad(tmp_path / "b.h5ad")
-    backed = ad.read_h5ad(tmp_path / "b.h5ad", backed="r")
-    with pytest.raises(ValueError, match=r"to_memory\(\)"):
-        gh.pp.build_gene_graph(backed, prior=None)
-    assert "gene_graph" not in backed.uns
-    backed.file.close()
+    # backed AnnData are accepted: tests/pp/test_out_of_core.py
 
 
 @pytest.mark.parametrize("fmt", ["dense", "csr"])

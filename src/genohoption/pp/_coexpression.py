@@ -8,16 +8,23 @@ raw blocks ``J > I`` (float32 BLAS GEMM; ``syrk`` on the diagonal block, so ever
 once) and keeps a running top-k per gene, updating the rows of ``I`` with ``C`` and the rows of
 ``J`` with ``C.T``. Memory: the (sparse) input, one CSC copy of it, one dense standardised block
 (<= 512 MiB by default) and one dense chunk (128 MiB).
+
+Matrices that do not fit in memory (backed AnnData, dask arrays) go through the streamed kernel
+(:func:`coexpression_topk_streamed`): the sums behind r add across chunks of cells, so they are
+accumulated chunk by chunk (or block by block on dask's workers) and never need all cells at once.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 
 import numpy as np
 from scipy import sparse
 from scipy.linalg import blas
+
+from .._validate import check_values
 
 logger = logging.getLogger(__name__)
 
@@ -343,3 +350,309 @@ def _sparse_pair_gather():
 
         _SPARSE_PAIR_GATHER = pair_gather
     return _SPARSE_PAIR_GATHER
+
+
+# --- streamed (out-of-core / dask) exact kernel ---------------------------------------------------
+#
+# Pearson's r needs, over the cells, only per-gene sums, sums of squares and the gene-gene cross
+# products, and all of them add across chunks of cells. The streamed kernel accumulates them for a band
+# of genes ``I`` against the genes ``J >= I`` (float32 GEMM per chunk of cells, float64 running sums),
+# then turns the band into correlations and offers them to the running top-k. Values are shifted by a
+# per-gene constant (the mean of the first cells read) before the products, so that the raw moments do
+# not cancel catastrophically for highly expressed genes; r does not depend on the shift.
+
+_BAND_BYTES = 512 * 2**20
+"""Largest float64 band of gene-gene cross products held by the streamed kernel (one pass per band)."""
+
+_SHIFT_CELLS = 4096
+"""Cells read to pick the per-gene shift of the streamed kernel."""
+
+
+def _dense_rows(x, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of a dense or sparse chunk as float32, Fortran-ordered (always a copy)."""
+    if sparse.issparse(x):
+        return np.asfortranarray(x[start:stop].toarray(order="F"), dtype=np.float32)
+    return np.array(x[start:stop], dtype=np.float32, order="F", copy=True)
+
+
+class _Moments:
+    """Shifted sums over cells: band rows ``[i0, i1)`` of the cross products against genes ``[i0, n_genes)``.
+
+    ``n`` cells; per gene (all genes) ``s`` = sum of ``x - shift``, ``sq`` = sum of ``(x - shift)**2``,
+    ``hi`` / ``lo`` = largest / smallest raw value; ``cross[a, b] = sum (x_{i0+a} - c)(x_{i0+b} - c)`` for
+    ``b >= a`` (upper part; the ``(I, I)`` square is symmetrised by :meth:`correlations`).
+    """
+
+    def __init__(self, shift: np.ndarray, i0: int, i1: int, block_size: int):
+        g = shift.shape[0]
+        self.shift = shift
+        self.shift32 = shift.astype(np.float32)
+        self.i0, self.i1, self.block_size = i0, i1, max(1, block_size)
+        self.n = 0
+        self.s = np.zeros(g)
+        self.sq = np.zeros(g)
+        self.hi = np.full(g, -np.inf)
+        self.lo = np.full(g, np.inf)
+        self.cross = np.zeros((i1 - i0, g - i0))
+
+    def add(self, x, where: str, mask: np.ndarray | None = None) -> _Moments:
+        """Accumulate a ``(n_chunk, n_genes)`` chunk (dense or sparse), validated, rows of ``mask`` only."""
+        if mask is not None:
+            x = x[np.flatnonzero(mask)]
+        if not np.issubdtype(x.dtype, np.floating):
+            x = x.astype(np.float32)
+        check_values(x, where)
+        if x.shape[0] == 0:
+            return self
+        g = self.shift.shape[0]
+        rows = max(1, _CHUNK_BYTES // (4 * max(g, 1)))
+        for r0 in range(0, x.shape[0], rows):
+            y = _dense_rows(x, r0, min(r0 + rows, x.shape[0]))
+            self.n += y.shape[0]
+            np.maximum(self.hi, y.max(axis=0), out=self.hi)
+            np.minimum(self.lo, y.min(axis=0), out=self.lo)
+            y -= self.shift32
+            self.s += y.sum(axis=0, dtype=np.float64)
+            self.sq += np.einsum("ij,ij->j", y, y, dtype=np.float64)
+            self._cross(y)
+        return self
+
+    def _cross(self, y: np.ndarray) -> None:
+        i0, i1, b = self.i0, self.i1, self.block_size
+        g = y.shape[1]
+        for p0 in range(i0, i1, b):  # y is Fortran-ordered: its column slices are contiguous, as ssyrk wants
+            p1 = min(p0 + b, i1)
+            yp = y[:, p0:p1]
+            self.cross[p0 - i0 : p1 - i0, p0 - i0 : p1 - i0] += blas.ssyrk(1.0, yp, trans=1)  # upper triangle
+            for q0 in range(p1, g, b):
+                q1 = min(q0 + b, g)
+                self.cross[p0 - i0 : p1 - i0, q0 - i0 : q1 - i0] += yp.T @ y[:, q0:q1]
+
+    def merge(self, other: _Moments) -> _Moments:
+        """Add the sums of ``other`` (same shift and band) to these."""
+        self.n += other.n
+        self.s += other.s
+        self.sq += other.sq
+        np.maximum(self.hi, other.hi, out=self.hi)
+        np.minimum(self.lo, other.lo, out=self.lo)
+        self.cross += other.cross
+        return self
+
+    def correlations(self) -> tuple[np.ndarray, np.ndarray]:
+        """Band correlations ``|r|`` as float32 ``(i1 - i0, n_genes - i0)`` (diagonal 0) and the constant mask."""
+        n = max(self.n, 1)
+        mu = self.s / n
+        var = np.maximum(self.sq / n - mu**2, 0.0)
+        const = (self.hi == self.lo) | ~(var > 0)
+        std = np.sqrt(var)
+        inv = np.where(const, 0.0, 1.0 / np.where(const, 1.0, std))
+        i0, i1 = self.i0, self.i1
+        C = self.cross
+        sq = C[:, : i1 - i0]
+        sq[:] = np.triu(sq) + np.triu(sq, 1).T
+        R = np.empty(C.shape, dtype=np.float32)
+        step = max(1, 2**22 // max(C.shape[1], 1))
+        for a0 in range(0, C.shape[0], step):
+            a1 = min(a0 + step, C.shape[0])
+            blk = C[a0:a1] / n - np.outer(mu[i0 + a0 : i0 + a1], mu[i0:])
+            blk *= inv[i0 + a0 : i0 + a1, None]
+            blk *= inv[None, i0:]
+            np.abs(blk, out=blk)
+            np.clip(blk, 0.0, 1.0, out=blk)
+            R[a0:a1] = blk
+        R[np.arange(i1 - i0), np.arange(i1 - i0)] = 0.0
+        return R, const
+
+
+def _offer_band(top: _TopK, R: np.ndarray, i0: int, i1: int) -> None:
+    """Offer the band's ``|r|`` to rows ``[i0, i1)`` and, transposed, to the rows ``>= i1``."""
+    step = max(1, 2**22 // max(R.shape[1], 1))
+    for a0 in range(0, R.shape[0], step):
+        a1 = min(a0 + step, R.shape[0])
+        top.update(R[a0:a1], i0 + a0, i0)
+        if R.shape[1] > i1 - i0:
+            top.update(R[a0:a1, i1 - i0 :], i1, i0 + a0, transpose=True)
+
+
+def _bands(n_genes: int, band_bytes: int) -> list[tuple[int, int]]:
+    """Row ranges of the cross-product bands: each ``(i1 - i0) * (n_genes - i0)`` float64 within ``band_bytes``."""
+    out = []
+    i0 = 0
+    while i0 < n_genes:
+        rows = max(1, int(band_bytes // (8 * (n_genes - i0))))
+        i1 = min(n_genes, i0 + rows)
+        out.append((i0, i1))
+        i0 = i1
+    return out
+
+
+class _RowChunks:
+    """A ``(n_cells, n_genes)`` matrix read ``chunk`` rows at a time: backed (h5py / anndata sparse dataset) or in memory."""
+
+    def __init__(self, X, cell_mask: np.ndarray | None, where: str):
+        self.X, self.mask, self.where = X, cell_mask, where
+        self.n_rows, self.n_genes = (int(s) for s in X.shape)
+        self.chunk = max(1, _CHUNK_BYTES // (4 * max(self.n_genes, 1)))
+
+    def _ranges(self):
+        for c0 in range(0, self.n_rows, self.chunk):
+            c1 = min(c0 + self.chunk, self.n_rows)
+            m = None if self.mask is None else self.mask[c0:c1]
+            if m is None or m.any():
+                yield c0, c1, m
+
+    def shift(self) -> np.ndarray:
+        got, sums = 0, np.zeros(self.n_genes)
+        for c0, c1, m in self._ranges():
+            x = self.X[c0:c1]
+            if m is not None:
+                x = x[np.flatnonzero(m)]
+            x = x[: _SHIFT_CELLS - got]
+            sums += np.asarray(x.sum(axis=0), dtype=np.float64).ravel()
+            got += x.shape[0]
+            if got >= _SHIFT_CELLS:
+                break
+        return sums / max(got, 1)
+
+    def moments(self, shift: np.ndarray, i0: int, i1: int, block_size: int) -> _Moments:
+        acc = _Moments(shift, i0, i1, block_size)
+        for c0, c1, m in self._ranges():
+            acc.add(self.X[c0:c1], self.where, m)
+        return acc
+
+
+def _import_dask():
+    try:
+        import dask
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "The expression matrix is a dask array, but dask cannot be imported; install it with "
+            "`pip install 'dask[array]'` (or `pip install 'genohoption[dask]'`)."
+        ) from err
+    return dask
+
+
+def _dask_block_moments(block, shift, i0, i1, block_size, where, mask):
+    return _Moments(shift, i0, i1, block_size).add(block, where, mask)
+
+
+def _merge_moments(a: _Moments, b: _Moments) -> _Moments:
+    return a.merge(b)
+
+
+class _DaskChunks:
+    """A dask array: one task per block of rows (all genes), partial sums added by a tree reduction."""
+
+    def __init__(self, X, cell_mask: np.ndarray | None, where: str):
+        _import_dask()
+        if X.ndim != 2:
+            raise ValueError(f"{where} must be 2-D, got a dask array of shape {X.shape}.")
+        self.X = X.rechunk({1: -1}) if len(X.chunks[1]) > 1 else X
+        self.mask, self.where = cell_mask, where
+        self.n_rows, self.n_genes = (int(s) for s in X.shape)
+        if any(math.isnan(c) for c in self.X.chunks[0]):
+            raise ValueError(
+                f"{where} is a dask array of unknown chunk sizes; call `X.compute_chunk_sizes()` first."
+            )
+        offsets = np.concatenate([[0], np.cumsum(self.X.chunks[0])]).astype(np.int64)
+        self.row_ranges = [(int(a), int(b)) for a, b in itertools.pairwise(offsets)]
+
+    def shift(self) -> np.ndarray:
+        got, sums = 0, np.zeros(self.n_genes)
+        for k, (c0, c1) in enumerate(self.row_ranges):
+            m = None if self.mask is None else self.mask[c0:c1]
+            if m is not None and not m.any():
+                continue
+            x = self.X.blocks[k, 0].compute()
+            if m is not None:
+                x = x[np.flatnonzero(m)]
+            x = x[: _SHIFT_CELLS - got]
+            sums += np.asarray(x.sum(axis=0), dtype=np.float64).ravel()
+            got += x.shape[0]
+            if got >= _SHIFT_CELLS:
+                break
+        return sums / max(got, 1)
+
+    def moments(self, shift: np.ndarray, i0: int, i1: int, block_size: int) -> _Moments:
+        dask = _import_dask()
+        blocks = self.X.to_delayed().ravel()
+        parts = []
+        for blk, (c0, c1) in zip(blocks, self.row_ranges, strict=True):
+            m = None if self.mask is None else self.mask[c0:c1]
+            if m is not None and not m.any():
+                continue
+            parts.append(dask.delayed(_dask_block_moments)(blk, shift, i0, i1, block_size, self.where, m))
+        if not parts:
+            return _Moments(shift, i0, i1, block_size)
+        while len(parts) > 1:  # pairwise tree: partial sums never pile up on one worker
+            parts = [
+                dask.delayed(_merge_moments)(a, b) for a, b in zip(parts[::2], parts[1::2], strict=False)
+            ] + ([parts[-1]] if len(parts) % 2 else [])
+        (out,) = dask.compute(parts[0])
+        return out
+
+
+def is_dask_array(X) -> bool:
+    """Whether ``X`` is a dask array (checked without importing dask)."""
+    return type(X).__module__.split(".")[0] == "dask" and hasattr(X, "chunks")
+
+
+def coexpression_topk_streamed(
+    X,
+    n_neighbors: int,
+    min_corr: float,
+    *,
+    cell_mask: np.ndarray | None = None,
+    block_size: int | None = None,
+    where: str = "the expression matrix",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact top-``n_neighbors`` genes by ``|r| > min_corr``, reading ``X`` in chunks of cells.
+
+    The statistics of Pearson's r (per-gene sums and sums of squares, gene-gene cross products) add
+    across chunks of cells; they are accumulated in float64 from float32 GEMMs on dense slices of about
+    128 MiB, for one band of genes against all later genes at a time (each band's float64 cross products
+    within 512 MiB: one band, hence one pass over the data, up to about 8,000 genes). Memory does not grow
+    with the number of cells. Same edges as :func:`coexpression_topk_exact` (up to float32 round-off).
+
+    Parameters
+    ----------
+    X
+        ``(n_cells, n_genes)``: a backed matrix (``h5py.Dataset`` or anndata's CSR dataset, read in
+        chunks of rows), a dask array (one task per block of rows, partial sums added by a tree
+        reduction on dask's current scheduler, e.g. a ``distributed`` cluster), or an in-memory matrix.
+    n_neighbors
+        Neighbours per gene.
+    min_corr
+        Keep only ``|r| > min_corr``.
+    cell_mask
+        Boolean ``(n_cells,)``: the cells to use (applied chunk by chunk); ``None``: all.
+    block_size
+        Genes per GEMM tile (default 2048); results do not depend on it.
+    where
+        Name of the matrix, for messages.
+
+    Returns
+    -------
+    ``rows, cols, absr`` as :func:`coexpression_topk_exact`.
+
+    Raises
+    ------
+    ValueError
+        For NaN, infinite, negative or too large values (checked chunk by chunk), or a dask array of
+        unknown chunk sizes.
+    ImportError
+        For a dask array when dask cannot be imported.
+    """
+    source = _DaskChunks(X, cell_mask, where) if is_dask_array(X) else _RowChunks(X, cell_mask, where)
+    g = source.n_genes
+    k = min(n_neighbors, max(g - 1, 1))
+    b = max(1, min(block_size or 2048, g))
+    shift = source.shift()
+    top = _TopK(g, k, min_corr)
+    for i0, i1 in _bands(g, _BAND_BYTES):
+        mom = source.moments(shift, i0, i1, b)
+        R, _ = mom.correlations()
+        del mom
+        _offer_band(top, R, i0, i1)
+        del R
+    return top.edges()
