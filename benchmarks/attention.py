@@ -5,6 +5,7 @@ Usage::
     python benchmarks/attention.py            # full grid (takes a while on 2 cores)
     python benchmarks/attention.py --quick    # small sizes
     python benchmarks/attention.py --json     # machine-readable output
+    python benchmarks/attention.py --device cuda   # the same grid on a GPU (exits with a message without CUDA)
 
 Every (implementation, n, B) runs in a fresh subprocess. Times are wall-clock seconds of one call (after one
 warm-up call when the estimated cost is small). Peak memory is the peak resident set size (VmHWM from
@@ -17,6 +18,12 @@ b  F.scaled_dot_product_attention with the graph as a (B, 1, L, L) boolean mask
 c  dense_diffusion_reference (PPR, K hops, explicit L x L matrices), only where it fits
 d  graph_diffusion_attention, method "ppr" and "heat" (K hops), backend="numba" (CPU kernels);
    "d-ppr-torch" / "d-heat-torch" run the same engine on torch.sparse (MKL), the default backend
+
+``--device cuda``: every tensor (q, k, v, graph, mask) on the first CUDA device; times are taken after
+``torch.cuda.synchronize()``, memory is the peak of ``torch.cuda.max_memory_allocated`` minus the allocation
+before the call (the same "extra memory" as on CPU). The numba kernels are CPU-only: their rows are skipped
+(``d-*-torch`` is the engine on the GPU), and so are the hop-bandwidth and builder tables. Without a CUDA
+device the script stops at once with a message saying so; nothing else in the package needs a GPU.
 
 Graphs (``--graph``):
 
@@ -192,21 +199,43 @@ def loop_builder(tokens, indptr, indices):
     return np.asarray(rows), np.asarray(cols)
 
 
-def worker(impl: str, n: int, b: int, kind: str = "synthetic") -> dict:
+def check_device(device: str) -> None:
+    """Stop with a clear message when ``device`` cannot run here (``cuda`` without a visible CUDA device)."""
+    if device == "cpu":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        build = "without CUDA" if torch.version.cuda is None else f"with CUDA {torch.version.cuda}"
+        raise SystemExit(
+            f"--device cuda: torch {torch.__version__} (built {build}) sees no CUDA device. Run on a machine with "
+            "an NVIDIA GPU and a CUDA build of torch, or use --device cpu (the default)."
+        )
+
+
+def worker(impl: str, n: int, b: int, kind: str = "synthetic", device: str = "cpu") -> dict:
     import torch
     import torch.nn.functional as F
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
+    cuda = device == "cuda"
+    if cuda and not impl.endswith("-torch") and impl.startswith("d-"):
+        return {"skipped": "numba kernels are CPU-only (d-*-torch runs on the GPU)"}
     g_mod, d_mod = _load_nn()
     indptr, indices, tokens = graph_and_tokens(kind, n, b)
-    tokens = torch.as_tensor(tokens)
+    tokens = torch.as_tensor(tokens, device=device)
     n_tok = tokens.shape[1]
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     t0 = time.perf_counter()
-    graph = g_mod.induced_batch_graph(tokens, torch.as_tensor(indptr), torch.as_tensor(indices))
+    graph = g_mod.induced_batch_graph(
+        tokens, torch.as_tensor(indptr, device=device), torch.as_tensor(indices, device=device)
+    )
+    sync()
     t_graph = time.perf_counter() - t0
     t0 = time.perf_counter()
     graph.head_layout(HEADS)
+    sync()
     t_layout = time.perf_counter() - t0
     res = {
         "impl": impl,
@@ -217,10 +246,11 @@ def worker(impl: str, n: int, b: int, kind: str = "synthetic") -> dict:
         "edges_per_cell": graph.n_edges / b,
         "graph_s": t_graph,
         "layout_s": t_layout,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
     }
     shape = (b, HEADS, n_tok, HEAD_DIM)
-    q, k, v = (torch.randn(shape).requires_grad_() for _ in range(3))
-    gout = torch.randn(shape)
+    q, k, v = (torch.randn(shape, device=device).requires_grad_() for _ in range(3))
+    gout = torch.randn(shape, device=device)
     if impl in ("b", "c"):
         mask = graph.to_dense_mask()
     del graph._cache[("heads", HEADS)]
@@ -252,16 +282,23 @@ def worker(impl: str, n: int, b: int, kind: str = "synthetic") -> dict:
         out.backward(gout)
 
     est = DENSE_SECONDS_3000_8 * (n / 3000) ** 2 * b / 8
-    if impl.startswith("d") or est < 5:
-        fwd_bwd()
+    if impl.startswith("d") or est < 5 or cuda:
+        fwd_bwd()  # warm-up (on a GPU always: the first call pays for kernel loading)
     for name, f in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
         q.grad = k.grad = v.grad = None
-        base = _status_bytes("VmRSS")
-        _reset_hwm()
+        if cuda:
+            sync()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            base = _status_bytes("VmRSS")
+            _reset_hwm()
         t0 = time.perf_counter()
         f()
+        sync()
         res[f"{name}_s"] = time.perf_counter() - t0
-        res[f"{name}_mem"] = max(_status_bytes("VmHWM") - base, 0)
+        peak = torch.cuda.max_memory_allocated() if cuda else _status_bytes("VmHWM")
+        res[f"{name}_mem"] = max(peak - base, 0)
     return res
 
 
@@ -348,8 +385,8 @@ def builder_bench(n: int, b: int, kind: str = "synthetic") -> dict:
     return {"n": n, "B": b, "vectorised_s": t_vec, "loop_s": t_loop, "speedup": t_loop / t_vec}
 
 
-def _estimates(impl: str, n: int, b: int) -> tuple[float, float]:
-    """(seconds, bytes) rough upper estimates used to skip configurations."""
+def _estimates(impl: str, n: int, b: int, device: str = "cpu") -> tuple[float, float]:
+    """(seconds, bytes) rough upper estimates used to skip configurations (seconds: on 2 CPU cores, 0 on a GPU)."""
     node = b * HEADS * n * HEAD_DIM * 4
     if impl in ("a", "b"):
         sec = DENSE_SECONDS_3000_8 * (n / 3000) ** 2 * b / 8 * (1.1 if impl == "b" else 1.0)
@@ -361,11 +398,19 @@ def _estimates(impl: str, n: int, b: int) -> tuple[float, float]:
         nnz = 25 * n * b * HEADS
         sec = 0.6 * nnz / (25 * 3000 * 8 * 8)
         mem = (HOPS + 10) * node + 6 * nnz * 8
-    return sec, mem
+    return (0.0 if device == "cuda" else sec), mem
 
 
-def _run_worker(args: list[str], graph: str = "synthetic") -> dict | list:
-    cmd = [sys.executable, __file__, "--graph", graph, "--worker", *args]
+def _max_mem_bytes(device: str) -> float:
+    if device == "cuda":
+        import torch
+
+        return 0.8 * torch.cuda.get_device_properties(0).total_memory
+    return MAX_MEM_BYTES
+
+
+def _run_worker(args: list[str], graph: str = "synthetic", device: str = "cpu") -> dict | list:
+    cmd = [sys.executable, __file__, "--graph", graph, "--device", device, "--worker", *args]
     proc = subprocess.run(
         cmd,
         capture_output=True,
@@ -386,8 +431,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grid", default=None, help="comma list of n:B, e.g. 3000:8,6000:8")
     p.add_argument("--impls", default="a,b,c,d-ppr,d-heat,d-ppr-torch,d-heat-torch")
     p.add_argument("--graph", choices=("synthetic", "pbmc3k"), default="synthetic", help="see the module docstring")
+    p.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where the tensors live (cuda: the first GPU)"
+    )
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    check_device(a.device)
     if a.worker:
         kind = a.worker[0]
         n, b = int(a.worker[1]), int(a.worker[2])
@@ -396,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
         elif kind == "build":
             print(json.dumps(builder_bench(n, b, a.graph)))
         else:
-            print(json.dumps(worker(kind, n, b, a.graph)))
+            print(json.dumps(worker(kind, n, b, a.graph, a.device)))
         return
     if a.graph == "pbmc3k":
         _prepare_pbmc3k()
@@ -405,17 +454,23 @@ def main(argv: list[str] | None = None) -> None:
         grid = [tuple(int(x) for x in item.split(":")) for item in a.grid.split(",")]
     impls = a.impls.split(",")
     rows = []
+    max_mem = _max_mem_bytes(a.device)
     for n, b in grid:
         for impl in impls:
-            sec, mem = _estimates(impl, n, b)
-            if mem > MAX_MEM_BYTES or (impl in ("a", "b", "c") and sec > MAX_DENSE_EST_S):
+            sec, mem = _estimates(impl, n, b, a.device)
+            if mem > max_mem or (impl in ("a", "b", "c") and sec > MAX_DENSE_EST_S):
                 rows.append(
                     {"impl": impl, "n": n, "B": b, "skipped": f"est. {sec:.0f} s, {mem / 2**30:.1f} GiB"}
                 )
             else:
-                rows.append({"impl": impl, "n": n, "B": b, **_run_worker([impl, str(n), str(b)], a.graph)})
+                r = _run_worker([impl, str(n), str(b)], a.graph, a.device)
+                rows.append({**r, "impl": impl, "n": n, "B": b})
             if not a.json:
                 print(_fmt_row(rows[-1], rows), flush=True)
+    if a.device == "cuda":  # the hop and builder tables measure the CPU kernels
+        if a.json:
+            print(json.dumps({"attention": rows, "hop": [], "builder": []}, indent=1))
+        return
     hop_grid = [(1200, 8)] if a.quick else [(3000, 8), (6000, 8)] if a.graph == "synthetic" else [(1200, 32), (3000, 8)]
     hops = []
     for n, b in hop_grid:
