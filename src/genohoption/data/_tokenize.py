@@ -43,6 +43,7 @@ def tokenize(
     sample: bool = False,
     force: torch.Tensor | None = None,
     include_zero: bool = False,
+    candidates: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tokens:
     """Select each cell's expressed genes as a token sequence.
@@ -72,6 +73,9 @@ def tokenize(
         Treat every gene as a candidate token, expressed or not (scGPT's ``include_zero_gene="all"``,
         used for perturbation prediction, where unexpressed genes still need a predicted value). The
         default ``False`` keeps only expressed (and forced) genes.
+    candidates
+        Optional ``(n_vars,)`` or ``(B, n_vars)`` bool: only these genes can be tokens (e.g. the genes
+        of a pretrained vocabulary), expressed or not; forced genes are kept regardless.
     generator
         Random generator for ``sample=True``.
 
@@ -90,6 +94,8 @@ def tokenize(
         raise ValueError(f"x must be (B, n_vars), got shape {tuple(x.shape)}.")
     n_cells, n_vars = x.shape
     keep = torch.ones_like(x, dtype=torch.bool) if include_zero else x > 0
+    if candidates is not None:
+        keep = keep & candidates.to(device=x.device, dtype=torch.bool)
     if force is not None:
         keep = keep | force
     n_gene_slots = n_vars if max_seq_len is None else min(max_seq_len - int(cls_token), n_vars)

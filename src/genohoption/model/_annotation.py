@@ -94,6 +94,7 @@ class AnnotationTask(Task):
             n_layers=params["n_layers"],
             d_hid=params["d_hid"],
             dropout=params["dropout"],
+            gene_tokens=params.get("gene_tokens", "expressed"),
             attention=params["attention"],
             n_hops=params["n_hops"],
             alpha=params["alpha"],

@@ -20,7 +20,7 @@ from scvi.train import TrainRunner
 
 from .. import _constants as K
 from .._validate import as_anndata, check_csr_structure, check_graph, value_scale
-from ..module._annotation import CELL_EMBEDDINGS
+from ..module._annotation import CELL_EMBEDDINGS, GENE_TOKENS
 from ..nn._heads import INPUT_NORMS
 from ._callbacks import PreciseBatchNorm
 from ._io import file_paths, load_model_files, save_model_files
@@ -82,6 +82,12 @@ class GenoHoptionModel(BaseModelClass):
         token (whole cells; the sparse attention's cost grows with the graph's edges among them). With a
         cap, cells with more expressed genes keep a random subset during training and their most
         expressed genes at inference.
+    gene_tokens
+        Which genes of a cell are tokens (annotation models): ``"expressed"`` (default, the genes it
+        expresses) or ``"all"`` (every gene of the panel, expressed or not, scGPT's
+        ``include_zero_gene="all"``: the whole transcriptome is one sequence, and the graph diffusion
+        also runs through the unexpressed genes; scGPT backbone only). Perturbation models always use
+        every gene.
     n_cls_layers
         Layers of the classifier head.
     cls_input_norm
@@ -165,6 +171,7 @@ class GenoHoptionModel(BaseModelClass):
         d_hid: int = 128,
         dropout: float = 0.0,
         max_seq_len: int | None = None,
+        gene_tokens: Literal["expressed", "all"] = "expressed",
         n_cls_layers: int = 3,
         cls_input_norm: Literal["batch", "layer"] | None = "batch",
         cell_emb: Literal["cls", "cls+expr"] = "cls",
@@ -178,6 +185,9 @@ class GenoHoptionModel(BaseModelClass):
                          cls_input_norm)
         if cell_emb not in CELL_EMBEDDINGS:
             raise ValueError(f"cell_emb={cell_emb!r} is unknown; choose one of {CELL_EMBEDDINGS}.")
+        if gene_tokens not in GENE_TOKENS or (gene_tokens == "all" and backbone == "geneformer"):
+            raise ValueError(f"gene_tokens={gene_tokens!r}: choose one of {GENE_TOKENS} "
+                             "('all' with the scGPT backbone).")
         if adata is not None:
             adata = as_anndata(adata)
         checkpoint = genes = None

@@ -14,6 +14,9 @@ from ._inputs import backbone_graph, backbone_tokens, build_backbone, cell_embed
 CELL_EMBEDDINGS = ("cls", "cls+expr")
 """What the classifier of :class:`AnnotationModule` reads."""
 
+GENE_TOKENS = ("expressed", "all")
+"""Which genes of a cell are tokens: those it expresses, or every gene (scGPT's ``include_zero_gene="all"``)."""
+
 
 class AnnotationModule(TaskModule):
     """Classify cells from their gene tokens (scGPT-style backbone + classifier).
@@ -48,6 +51,9 @@ class AnnotationModule(TaskModule):
         of gene tokens for Geneformer) or ``"cls+expr"`` (that, concatenated with a learned linear
         projection of the cell's expression vector, ``x W``, ``W`` of shape ``(n_genes, d_model)``: a
         direct path from the expression to the head, next to the transformer's).
+    gene_tokens
+        ``"expressed"`` (each cell's expressed genes are its tokens) or ``"all"`` (every gene, expressed
+        or not, scGPT's ``include_zero_gene="all"``; scGPT backbone only).
     **backbone_kwargs
         Sizes, dropout and attention arguments of the backbone.
     """
@@ -65,6 +71,7 @@ class AnnotationModule(TaskModule):
         backbone: str = "scgpt",
         backbone_config: dict | None = None,
         cell_emb: str = "cls",
+        gene_tokens: str = "expressed",
         **backbone_kwargs,
     ):
         super().__init__(graph_indptr, graph_indices)
@@ -77,6 +84,11 @@ class AnnotationModule(TaskModule):
         if cell_emb not in CELL_EMBEDDINGS:
             raise ValueError(f"cell_emb={cell_emb!r} is unknown; choose one of {CELL_EMBEDDINGS}.")
         self.cell_emb = cell_emb
+        if gene_tokens not in GENE_TOKENS:
+            raise ValueError(f"gene_tokens={gene_tokens!r} is unknown; choose one of {GENE_TOKENS}.")
+        if gene_tokens == "all" and backbone == "geneformer":
+            raise ValueError("gene_tokens='all' applies to the scGPT backbone; Geneformer ranks expressed genes.")
+        self.include_zero = gene_tokens == "all"
         d = self.backbone.d_model
         self.expr_proj = nn.Linear(n_genes, d, bias=False) if cell_emb == "cls+expr" else None
         self.cls_decoder = ClsDecoder(d * (2 if self.expr_proj is not None else 1), n_labels, n_cls_layers,
@@ -93,7 +105,8 @@ class AnnotationModule(TaskModule):
         During training a random subset of expressed genes is kept when a cell has more than
         ``max_seq_len - 1``; in evaluation mode the most expressed ones.
         """
-        tokens = backbone_tokens(self.backbone, x, self.max_seq_len, sample=self.training, n_bins=self.n_bins)
+        tokens = backbone_tokens(self.backbone, x, self.max_seq_len, sample=self.training, n_bins=self.n_bins,
+                                 include_zero=self.include_zero)
         graph = None
         if self.attention != "dense":
             graph = backbone_graph(self.backbone, tokens, self.graph_indptr, self.graph_indices)

@@ -67,24 +67,39 @@ def build_backbone(n_genes: int, backbone: str, config: dict | None, kwargs: dic
 
 
 def backbone_tokens(
-    backbone: nn.Module, x: torch.Tensor, max_seq_len: int | None, *, sample: bool, n_bins: int | None = None
+    backbone: nn.Module,
+    x: torch.Tensor,
+    max_seq_len: int | None,
+    *,
+    sample: bool,
+    n_bins: int | None = None,
+    include_zero: bool = False,
 ) -> Tokens:
     """Tokenize ``(B, n_genes)`` expression rows the way the backbone was trained.
 
-    scGPT: the cell's expressed genes that are in the vocabulary, CLS first
+    scGPT: the cell's expressed genes that are in the vocabulary (``include_zero=True``: every gene of
+    the vocabulary, expressed or not, scGPT's ``include_zero_gene="all"``), CLS first
     (:func:`~genohoption.data.tokenize`), values binned per cell when ``n_bins`` is given
     (:func:`~genohoption.data.bin_values`, scGPT ``input_style="binned"``). Geneformer: rank-value
     encoding (:func:`~genohoption.data.rank_value_encode`) truncated to ``min(max_seq_len, max_position_embeddings)``
     (``max_seq_len=None``: every expressed gene for scGPT, ``max_position_embeddings`` for Geneformer).
     """
     if isinstance(backbone, GeneformerBackbone):
+        if include_zero:
+            raise ValueError(
+                "Geneformer ranks the genes a cell expresses: every gene as a token (gene_tokens='all') applies "
+                "to the scGPT backbone only."
+            )
         special = backbone.special_tokens
         length = backbone.max_len if max_seq_len is None else min(max_seq_len, backbone.max_len)
         return rank_value_encode(x, backbone.gene_medians, length,
                                  cls_token=special, eos_token=special)
+    in_vocab = None
     if backbone.gene_to_token is not None:
-        x = x * (backbone.gene_to_token >= 0).to(x.dtype)
-    tokens = tokenize(x, max_seq_len, cls_token=True, sample=sample)
+        in_vocab = backbone.gene_to_token >= 0
+        x = x * in_vocab.to(x.dtype)
+    tokens = tokenize(x, max_seq_len, cls_token=True, sample=sample, include_zero=include_zero,
+                      candidates=in_vocab if include_zero else None)
     if n_bins:
         binned = bin_values(x, n_bins)
         is_gene = tokens.genes >= 0
