@@ -23,6 +23,7 @@ from .._validate import as_anndata, check_csr_structure, check_graph, value_scal
 from ..module._annotation import CELL_EMBEDDINGS, GENE_TOKENS
 from ..nn._heads import INPUT_NORMS
 from ._callbacks import PreciseBatchNorm
+from ._distributed import distributed_splitter_kwargs, is_global_zero
 from ._io import file_paths, load_model_files, save_model_files
 from ._pretrained import map_genes, read_pretrained
 from ._resume import EpochSeed
@@ -406,7 +407,11 @@ class GenoHoptionModel(BaseModelClass):
             (:class:`~genohoption.model.RestoreBestWeights`).
         accelerator, devices
             Lightning accelerator and devices (``strategy=`` and other Trainer arguments go in
-            ``trainer_kwargs``).
+            ``trainer_kwargs``). Several processes: ``devices=N, strategy="ddp"`` (``accelerator="cpu"``
+            trains with the gloo backend); each process then reads its shard of the cells (distributed
+            sampler, ``batch_size`` cells per process and step), gradients and logged metrics are averaged
+            over the processes, and only rank 0 writes with :meth:`save`. scvi-tools turns early stopping
+            off under DDP; see ``docs/scale.md`` for several GPUs and nodes.
         datasplitter_kwargs
             Extra arguments of the data splitter.
         plan_kwargs
@@ -462,7 +467,7 @@ class GenoHoptionModel(BaseModelClass):
         plan = self._task.training_plan(**{"lr": lr, "weight_decay": weight_decay, **(plan_kwargs or {})})
         splitter = self._task.data_splitter_cls(
             self.adata_manager, train_size=train_size, validation_size=validation_size, batch_size=batch_size,
-            **(datasplitter_kwargs or {}),
+            **distributed_splitter_kwargs(trainer_kwargs.get("strategy"), datasplitter_kwargs),  # a shard per process
         )
         callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
         if not any(isinstance(c, PreciseBatchNorm) for c in callbacks):
@@ -719,7 +724,8 @@ class GenoHoptionModel(BaseModelClass):
 
         The signature is scvi-tools' :meth:`~scvi.model.base.BaseModelClass.save`, so scvi-tools'
         checkpointing (``train(enable_checkpointing=True)``) works. ``model.json`` records the sha256 of
-        the weights, which :meth:`load` checks.
+        the weights, which :meth:`load` checks. In a multi-process run (``strategy="ddp"``, ``torchrun``,
+        SLURM) only the process of global rank 0 writes; the others return without writing.
 
         Parameters
         ----------
@@ -746,6 +752,8 @@ class GenoHoptionModel(BaseModelClass):
         """
         if save_anndata and self.adata is None:
             raise ValueError("save_anndata=True, but the model holds no AnnData (it was loaded without one).")
+        if not is_global_zero():  # multi-process training: every process runs the script, rank 0 writes
+            return
         meta = {"class": type(self).__name__, "init_params": self.init_params_, "registry": self.registry_,
                 "history": self.history_, "pretrain_history": self.pretrain_history_,
                 "is_trained": bool(self.is_trained_), "value_scale": getattr(self, "value_scale_", None)}

@@ -18,6 +18,7 @@ from scvi.train import TrainRunner
 from .. import _constants as K
 from .._validate import check_graph, check_unique_var_names, check_values, get_matrix, matrix_name
 from ..module import PretrainingModule
+from ._distributed import distributed_splitter_kwargs
 from ._query import aligned_matrix, iter_rows
 from ._task import Task, graph_tensors
 from ._training import MaskedExpressionTrainingPlan, RestoreBestWeights
@@ -142,7 +143,8 @@ def pretrain_backbone(
         mask_ratio=mask_ratio, backbone=base.backbone,
     ).to(base.device)
     plan = MaskedExpressionTrainingPlan(module, **{"lr": lr, "weight_decay": weight_decay, **(plan_kwargs or {})})
-    splitter = DataSplitter(manager, train_size=train_size, batch_size=batch_size)
+    splitter = DataSplitter(manager, train_size=train_size, batch_size=batch_size,
+                            **distributed_splitter_kwargs(trainer_kwargs.get("strategy"), None))
     has_validation = train_size < 1
     callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
     if has_validation:

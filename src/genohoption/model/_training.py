@@ -103,7 +103,7 @@ class _SupervisedTrainingPlan(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _log(self, name: str, value, batch_size: int, prog_bar: bool = False) -> None:
-        self.log(name, value, on_step=False, on_epoch=True, prog_bar=prog_bar, batch_size=batch_size)
+        self.log(name, value, on_step=False, on_epoch=True, prog_bar=prog_bar, batch_size=batch_size, sync_dist=True)
 
 
 class ClassificationTrainingPlan(_SupervisedTrainingPlan):
