@@ -89,9 +89,15 @@ def _parser() -> argparse.ArgumentParser:
                      help="prior regulatory network (CSV / TSV / parquet with source, target columns) for "
                      "the gene graph; 'none': co-expression only (default: the packaged OmniPath network)")
     ann.add_argument("--attention", default="ppr", choices=ATTENTIONS)
-    ann.add_argument("--max-epochs", type=_int_at_least(1), default=30, metavar="N")
+    ann.add_argument("--max-epochs", type=_int_at_least(1), default=15, metavar="N")
+    ann.add_argument("--validation-fraction", type=float, default=0.0, metavar="F",
+                     help="fraction of the reference held out for early stopping and the best-epoch weights; "
+                     "0 (default) trains on every reference cell for --max-epochs epochs")
     ann.add_argument("--patience", type=_int_at_least(1), default=8, metavar="N",
-                     help="early-stopping patience (epochs)")
+                     help="early-stopping patience (epochs), with --validation-fraction > 0")
+    ann.add_argument("--pretrain-epochs", type=int, default=0, metavar="N",
+                     help="first pretrain the backbone for N epochs by masked expression modelling on the "
+                     "reference and query cells together (no labels used); default 0: none")
     ann.add_argument("--batch-size", type=_int_at_least(1), default=32, metavar="N")
     ann.add_argument("--threads", type=_int_at_least(1), default=None, metavar="N",
                      help="CPU threads for torch and the numba kernels (default: torch's default); idle threads "
@@ -179,6 +185,10 @@ def _check_writable_dir(path: Path, option: str, *, create: bool) -> None:
 
 def _check_options(args: argparse.Namespace) -> None:
     """Check what needs no data: paths of the inputs, the outputs and the prior."""
+    if not 0.0 <= args.validation_fraction < 1.0:
+        raise UserError(f"--validation-fraction {args.validation_fraction}: give a fraction in [0, 1).")
+    if args.pretrain_epochs < 0:
+        raise UserError(f"--pretrain-epochs {args.pretrain_epochs}: give 0 (no pretraining) or more epochs.")
     if (args.reference is None) != (args.query is None):
         given = "--reference" if args.reference is not None else "--query"
         raise UserError(f"only {given} given; give both --reference and --query, or neither for the bundled "
@@ -319,7 +329,14 @@ def annotate(args: argparse.Namespace) -> dict:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         raise UserError(f"the reference cannot be used: {message}") from None
     model = gh.GenoHoptionModel(reference, attention=args.attention)
-    model.train(max_epochs=args.max_epochs, batch_size=args.batch_size, early_stopping_patience=args.patience)
+    if args.pretrain_epochs:
+        import anndata as ad
+
+        cells = ad.concat([reference, query], join="inner")
+        cells.obs_names_make_unique()
+        model.pretrain(cells, max_epochs=args.pretrain_epochs, batch_size=args.batch_size)
+    model.train(max_epochs=args.max_epochs, batch_size=args.batch_size, train_size=1.0 - args.validation_fraction,
+                early_stopping_patience=args.patience)
     model.predict(query)
     seconds = time.perf_counter() - start
 
@@ -330,7 +347,8 @@ def annotate(args: argparse.Namespace) -> dict:
                      "n_vars": int(reference.n_vars),
                      "n_genes_shared": int(reference.var_names.isin(query.var_names).sum()),
                      "graph_edges": int(reference.varp[GRAPH_KEY].nnz),
-                     "epochs": len(model.history_["train_loss"])}
+                     "epochs": len(model.history_["train_loss"]), "pretrain_epochs": args.pretrain_epochs,
+                     "validation_fraction": args.validation_fraction}
     has_labels = labels_key in query.obs
     if has_labels:
         metrics.update(gh.tl.annotation_metrics(query, labels_key))

@@ -76,7 +76,7 @@ def test_latent_shape_and_determinism(trained):
     model, _, query = trained
     z1 = model.get_latent_representation(query)
     z2 = model.get_latent_representation(query)
-    assert z1.shape == (query.n_obs, SMALL["d_model"])
+    assert z1.shape == (query.n_obs, 2 * SMALL["d_model"])  # CLS embedding + expression projection
     np.testing.assert_array_equal(z1, z2)
 
 
@@ -139,7 +139,7 @@ def test_dense_attention_without_graph(pbmc):
     assert model.module.graph_indices.numel() == 0  # no graph registered, none needed
     model.train(max_epochs=1, enable_progress_bar=False)
     z = model.get_latent_representation(ref)
-    assert z.shape == (ref.n_obs, SMALL["d_model"]) and np.isfinite(z).all()
+    assert z.shape == (ref.n_obs, 2 * SMALL["d_model"]) and np.isfinite(z).all()
 
 
 # ------------------------------------------------------------------ bad input

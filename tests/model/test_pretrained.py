@@ -418,7 +418,7 @@ def test_geneformer_from_scratch_trains(adata):
     model = gh.GenoHoptionModel(adata, backbone="geneformer", attention="ppr", d_model=16, n_heads=2, n_layers=1,
                                 d_hid=16, max_seq_len=16)
     model.train(**TRAIN)
-    assert model.get_latent_representation().shape == (N_CELLS, 16)
+    assert model.get_latent_representation().shape == (N_CELLS, 2 * 16)  # mean of gene tokens + expression path
 
 
 # ----------------------------------------------------------------------------- real vocabularies

@@ -75,7 +75,12 @@ class AnnotationTask(Task):
         n_labels = self.model.summary_stats.n_labels
         if checkpoint is not None:  # scGPT's classifier is reused as is when it fits; a new head normalises
             head = checkpoint.state_dict.get("cls_decoder.out_layer.weight")
-            config["cls_input_norm"] = "batch" if head is None or head.shape[0] != n_labels else None
+            reuse_head = head is not None and head.shape[0] == n_labels
+            config["cls_input_norm"] = None if reuse_head else "batch"
+            # official checkpoints: their classifier layers read the CLS embedding; a backbone pretrained here
+            # gets the head of a model trained here
+            own = checkpoint.config.get("format") == "genohoption"
+            config["cell_emb"] = "cls+expr" if own and not reuse_head else "cls"
         n_genes = self.model.summary_stats.n_vars
         indptr, indices = graph_tensors(graph, n_genes)
         module = AnnotationModule(
@@ -88,13 +93,13 @@ class AnnotationTask(Task):
             cls_input_norm=(config or {}).get("cls_input_norm", params["cls_input_norm"]),
             backbone=params["backbone"],
             backbone_config=config,
-            cell_emb=params.get("cell_emb", "cls"),
+            cell_emb=params.get("cell_emb") or (config or {}).get("cell_emb", "cls+expr"),
+            gene_tokens=params.get("gene_tokens", "expressed"),
             d_model=params["d_model"],
             n_heads=params["n_heads"],
             n_layers=params["n_layers"],
             d_hid=params["d_hid"],
             dropout=params["dropout"],
-            gene_tokens=params.get("gene_tokens", "expressed"),
             attention=params["attention"],
             n_hops=params["n_hops"],
             alpha=params["alpha"],
@@ -119,10 +124,12 @@ class AnnotationTask(Task):
     def training_plan(self, **plan_kwargs) -> ClassificationTrainingPlan:
         """Cross-entropy plan with accuracy and macro F1.
 
-        ``class_weight="balanced"`` weighs each cell type by ``n_cells / (n_types * n_cells_of_type)``
-        over the registered cells (scikit-learn's "balanced").
+        ``class_weight="balanced"`` (the default) weighs each cell type by
+        ``n_cells / (n_types * n_cells_of_type)`` over the registered cells (scikit-learn's "balanced"), so
+        that rare types count; ``class_weight=None`` weighs all cells equally.
         """
         n_labels = self.model.summary_stats.n_labels
+        plan_kwargs.setdefault("class_weight", "balanced")
         if isinstance(plan_kwargs.get("class_weight"), str):
             if plan_kwargs["class_weight"] != "balanced":
                 raise ValueError(f"class_weight={plan_kwargs['class_weight']!r}: use 'balanced', weights or None.")

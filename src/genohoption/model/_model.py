@@ -96,9 +96,13 @@ class GenoHoptionModel(BaseModelClass):
         ``"batch"`` (default; BatchNorm whose statistics :class:`~genohoption.model.PreciseBatchNorm`
         re-estimates during training; any minibatch size works), ``"layer"`` (per cell) or ``None``.
     cell_emb
-        What the classifier reads and :meth:`get_latent_representation` returns: ``"cls"`` (the
-        backbone's cell embedding) or ``"cls+expr"`` (concatenated with a learned linear projection of
-        the expression vector; see :class:`~genohoption.module.AnnotationModule`).
+        What the classifier reads and :meth:`get_latent_representation` returns: ``"cls+expr"``
+        (the backbone's cell embedding concatenated with a learned linear projection of the expression
+        vector, see :class:`~genohoption.module.AnnotationModule`) or ``"cls"`` (the cell embedding
+        alone, as scGPT). Default ``None``: ``"cls"`` with an official scGPT / Geneformer checkpoint
+        (whose classifier layers read the CLS embedding), else ``"cls+expr"``. The direct expression path lets a small model trained from scratch
+        use what a linear classifier sees while the graph-diffusion layers add what it cannot
+        (``benchmarks/README.md``, section annotation).
     pretrained
         Directory of an official checkpoint of ``backbone`` (scGPT: ``best_model.pt``, ``args.json``,
         ``vocab.json``; Geneformer: Hugging Face BERT directory with its token and gene-median
@@ -175,7 +179,7 @@ class GenoHoptionModel(BaseModelClass):
         gene_tokens: Literal["expressed", "all"] = "expressed",
         n_cls_layers: int = 3,
         cls_input_norm: Literal["batch", "layer"] | None = "batch",
-        cell_emb: Literal["cls", "cls+expr"] = "cls",
+        cell_emb: Literal["cls", "cls+expr"] | None = None,
         pretrained: str | os.PathLike | None = None,
         gene_symbols: str | None = None,
         backbone_config: dict | None = None,
@@ -184,7 +188,7 @@ class GenoHoptionModel(BaseModelClass):
     ):
         _check_init_args(backbone, attention, max_seq_len, d_model, n_heads, n_layers, d_hid, n_hops,
                          cls_input_norm)
-        if cell_emb not in CELL_EMBEDDINGS:
+        if cell_emb is not None and cell_emb not in CELL_EMBEDDINGS:
             raise ValueError(f"cell_emb={cell_emb!r} is unknown; choose one of {CELL_EMBEDDINGS}.")
         if gene_tokens not in GENE_TOKENS or (gene_tokens == "all" and backbone == "geneformer"):
             raise ValueError(f"gene_tokens={gene_tokens!r}: choose one of {GENE_TOKENS} "
@@ -415,8 +419,13 @@ class GenoHoptionModel(BaseModelClass):
         datasplitter_kwargs
             Extra arguments of the data splitter.
         plan_kwargs
-            Extra arguments of the training plan (:class:`~genohoption.model.ClassificationTrainingPlan`
-            or :class:`~genohoption.model.RegressionTrainingPlan`), e.g. ``optimizer``.
+            Extra arguments of the training plan (:class:`~genohoption.model.ClassificationTrainingPlan`,
+            :class:`~genohoption.model.RegressionTrainingPlan` or
+            :class:`~genohoption.model.MaskedExpressionTrainingPlan`): ``optimizer``, ``lr_schedule``,
+            ``warmup``, and for annotation ``class_weight`` (default ``"balanced"``; ``None`` for equal
+            weights) and ``label_smoothing``. For a small reference, ``train_size=1.0`` with a fixed
+            ``max_epochs`` (15 for the main job) did better than early stopping on a small validation
+            split (``benchmarks/README.md``).
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` (Lightning), e.g. ``enable_progress_bar``,
             ``callbacks``; ``ckpt_path`` (a checkpoint of :class:`~genohoption.model.TrainingCheckpoint`)
