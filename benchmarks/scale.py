@@ -23,6 +23,12 @@ Usage::
     python benchmarks/scale.py                     # the full table (dense at 13,714 tokens takes minutes a step)
     python benchmarks/scale.py --quick             # 512 tokens and all expressed genes, 2 steps
     python benchmarks/scale.py --lengths all --attentions ppr --steps 3 --json out.json
+    python benchmarks/scale.py --ddp-accuracy --threads 1 --seeds 0 1 2   # main job: 1 vs 2 DDP processes
+
+``--ddp-accuracy`` trains the main job of ``benchmarks/annotation.py`` (pbmc68k_reduced, lanes 1-6 reference,
+lanes 7-8 query, default model with ``cell_emb="cls+expr"``, 15 epochs, 32 cells per step, balanced class
+weights) once in one process and once on 2 CPU processes with ``strategy="ddp"`` (16 cells per process and
+step, so the same 32 per step and the same number of steps), for each seed, and reports the query accuracy.
 """
 
 from __future__ import annotations
@@ -128,6 +134,78 @@ def worker(attention: str, length: str, steps: int, threads: int, batch: int = B
     }  # fmt: skip
 
 
+# --- DDP: the main job on 1 and 2 processes --------------------------------------------------------------
+
+#: the main job's recipe (benchmarks/annotation.py): pbmc68k_reduced, lanes 1-6 reference, lanes 7-8 query
+DDP_TRAIN = {"max_epochs": 15, "train_size": 1.0, "plan_kwargs": {"class_weight": "balanced"}}
+DDP_BATCH = 32
+
+
+def ddp_worker(seed: int, processes: int, threads: int) -> dict | None:
+    """The main job with ``processes`` DDP processes (``DDP_BATCH / processes`` cells each per step); rank 0 reports."""
+    import scvi
+    import torch
+
+    import genohoption as gh
+    from genohoption.model._distributed import is_global_zero
+
+    torch.set_num_threads(threads)
+    adata = gh.datasets.pbmc68k_reduced()
+    key = "bulk_labels"
+    in_ref = adata.obs["lane"].astype(str).isin(list("123456")).to_numpy()
+    ref, query = adata[in_ref].copy(), adata[~in_ref].copy()
+    scvi.settings.seed = seed
+    scvi.settings.dl_num_workers = 0
+    gh.pp.build_gene_graph(ref)
+    gh.GenoHoptionModel.setup_anndata(ref, labels_key=key)
+    model = gh.GenoHoptionModel(ref, cell_emb="cls+expr")
+    kwargs = {**DDP_TRAIN, "batch_size": DDP_BATCH // processes, "enable_progress_bar": False}
+    if processes > 1:
+        kwargs.update(accelerator="cpu", devices=processes, strategy="ddp")
+    t0 = time.perf_counter()
+    model.train(**kwargs)
+    seconds = time.perf_counter() - t0
+    if not is_global_zero():
+        return None
+    model.predict(query)
+    m = gh.tl.annotation_metrics(query, key)
+    return {"seed": seed, "processes": processes, "threads_per_process": threads, "accuracy": m["accuracy"],
+            "macro_f1": m["macro_f1"], "train_s": seconds}  # fmt: skip
+
+
+def ddp_accuracy(seeds: list[int], threads: int, timeout: int) -> list[dict]:
+    """Run the main job with 1 and 2 processes for every seed (each in a fresh process tree)."""
+    import statistics
+
+    rows = []
+    for seed in seeds:
+        for processes in (1, 2):
+            cmd = [
+                sys.executable,
+                __file__,
+                "--ddp-worker",
+                str(seed),
+                str(processes),
+                "--threads",
+                str(threads),
+            ]
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+            if proc.returncode != 0:
+                raise RuntimeError(proc.stderr[-3000:])
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            r = rows[-1]
+            print(f"seed {seed}, {processes} process(es): accuracy {r['accuracy']:.4f}, macro F1 {r['macro_f1']:.4f}, "
+                  f"train {r['train_s']:.0f} s", flush=True)  # fmt: skip
+    for processes in (1, 2):
+        acc = [r["accuracy"] for r in rows if r["processes"] == processes]
+        f1 = [r["macro_f1"] for r in rows if r["processes"] == processes]
+        sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
+        print(f"{processes} process(es): accuracy {statistics.mean(acc):.4f} ± {sd(acc):.4f}, "
+              f"macro F1 {statistics.mean(f1):.4f} ± {sd(f1):.4f} over {len(acc)} seeds")  # fmt: skip
+    return rows
+
+
 def run(attention: str, length: str, steps: int, threads: int, timeout: int, batch: int = BATCH) -> dict:
     cmd = [
         sys.executable,
@@ -165,8 +243,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=BATCH, help="cells per minibatch (default 8)")
     p.add_argument("--timeout", type=int, default=3 * 3600, help="seconds per run")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument(
+        "--ddp-accuracy",
+        action="store_true",
+        help="instead of the throughput table: the main job's accuracy with 1 and 2 DDP processes (CPU, gloo)",
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of --ddp-accuracy")
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--ddp-worker", nargs=2, type=int, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.ddp_worker:
+        r = ddp_worker(a.ddp_worker[0], a.ddp_worker[1], a.threads)
+        if r is not None:
+            print(json.dumps(r))
+        return
+    if a.ddp_accuracy:
+        rows = ddp_accuracy(a.seeds, a.threads, a.timeout)
+        if a.json:
+            a.json.write_text(json.dumps(rows, indent=2))
+        return
     if a.worker:
         print(json.dumps(worker(a.worker[0], a.worker[1], a.steps or 4, a.threads, a.batch)))
         return
