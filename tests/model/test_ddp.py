@@ -107,3 +107,28 @@ def test_rank_from_launcher_variables_and_save_on_rank0_only(monkeypatch, tmp_pa
     monkeypatch.setenv("RANK", "0")  # torchrun's global rank comes first
     model.save(tmp_path / "rank0")
     assert (tmp_path / "rank0" / "model.json").is_file()
+
+
+def test_pin_split_gives_every_process_the_one_process_split(monkeypatch):
+    import scvi
+    from scvi.dataloaders import DataSplitter
+
+    from genohoption.model._distributed import pin_split
+
+    adata = S.make_data()
+    gh.GenoHoptionModel.setup_anndata(adata, labels_key="cell_type")
+    model = gh.GenoHoptionModel(adata, **S.MODEL)
+    monkeypatch.setattr(scvi.settings, "seed", 0)
+    alone = DataSplitter(model.adata_manager, train_size=0.75, batch_size=16)
+    alone.setup()
+    pinned = pin_split(DataSplitter(model.adata_manager, train_size=0.75, batch_size=16), "ddp_spawn")
+    # a process started by ddp_spawn / ddp_notebook has scvi-tools' default seed (None: a random split)
+    monkeypatch.setattr(scvi.settings, "seed", None)
+    for _ in range(2):
+        pinned.setup()
+        np.testing.assert_array_equal(pinned.train_idx, alone.train_idx)
+        np.testing.assert_array_equal(pinned.val_idx, alone.val_idx)
+    assert len(pinned.val_idx) == 16 and not set(pinned.val_idx) & set(pinned.train_idx)
+    untouched = DataSplitter(model.adata_manager, train_size=0.75, batch_size=16)
+    assert pin_split(untouched, None).external_indexing is None
+    assert pin_split(untouched, "auto").external_indexing is None

@@ -6,6 +6,11 @@ scvi-tools' :class:`~scvi.train.TrainRunner`, i.e. to Lightning. What this modul
 - a distributed sampler for the data splitter when the strategy is a DDP one (scvi-tools'
   :func:`~scvi.model._utils.use_distributed_sampler` decides, as in scvi-tools' own models): each process
   reads its shard of every epoch's minibatches (:class:`~scvi.dataloaders.BatchDistributedSampler`);
+- :func:`pin_split`: the train / validation split is drawn once, in the process that calls ``train``, and
+  handed to every process (scvi-tools draws it in each process's ``DataSplitter.setup`` from
+  ``scvi.settings.seed``, which processes started by ``ddp_spawn`` / ``ddp_notebook`` do not inherit: their
+  splits, hence their shards, would differ, and one process's validation cells would be another's
+  training cells);
 - :func:`is_global_zero`, which :meth:`GenoHoptionModel.save` reads so that, in a script that every process
   runs (``strategy="ddp"``, ``torchrun``, SLURM), only rank 0 writes the model.
 
@@ -18,9 +23,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 from scvi.model._utils import use_distributed_sampler
 
-__all__ = ["distributed_splitter_kwargs", "global_rank", "is_global_zero", "uses_ddp"]
+__all__ = ["distributed_splitter_kwargs", "global_rank", "is_global_zero", "pin_split", "uses_ddp"]
 
 _RANK_ENV = ("RANK", "SLURM_PROCID", "LOCAL_RANK")
 """Environment variables a launcher sets to a process's global rank (torchrun / Lightning, SLURM)."""
@@ -49,6 +55,30 @@ def distributed_splitter_kwargs(strategy: Any, datasplitter_kwargs: dict | None)
     if uses_ddp(strategy):
         kwargs.setdefault("distributed_sampler", True)
     return kwargs
+
+
+def pin_split(splitter, strategy: Any):
+    """Under DDP, draw ``splitter``'s train / validation / test split now and make every process use it.
+
+    Parameters
+    ----------
+    splitter
+        A scvi-tools :class:`~scvi.dataloaders.DataSplitter` (or subclass) not yet set up, without
+        ``external_indexing``.
+    strategy
+        The ``strategy`` given to ``train``.
+
+    Returns
+    -------
+    ``splitter``, whose ``external_indexing`` holds the split drawn here (seeded by ``scvi.settings.seed`` as
+    scvi-tools does), so that its ``setup`` in each process returns the same cells. Unchanged outside DDP or
+    when the caller gave ``external_indexing``.
+    """
+    if uses_ddp(strategy) and getattr(splitter, "external_indexing", False) is None:
+        splitter.setup()
+        splitter.external_indexing = [np.asarray(splitter.train_idx), np.asarray(splitter.val_idx),
+                                      np.asarray(splitter.test_idx)]  # fmt: skip
+    return splitter
 
 
 def global_rank() -> int:

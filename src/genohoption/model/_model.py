@@ -23,7 +23,7 @@ from .._validate import as_anndata, check_csr_structure, check_graph, value_scal
 from ..module._annotation import CELL_EMBEDDINGS, GENE_TOKENS
 from ..nn._heads import INPUT_NORMS
 from ._callbacks import PreciseBatchNorm
-from ._distributed import distributed_splitter_kwargs, is_global_zero
+from ._distributed import distributed_splitter_kwargs, is_global_zero, pin_split
 from ._io import file_paths, load_model_files, save_model_files
 from ._pretrained import map_genes, read_pretrained
 from ._resume import EpochSeed
@@ -478,6 +478,7 @@ class GenoHoptionModel(BaseModelClass):
             self.adata_manager, train_size=train_size, validation_size=validation_size, batch_size=batch_size,
             **distributed_splitter_kwargs(trainer_kwargs.get("strategy"), datasplitter_kwargs),  # a shard per process
         )
+        pin_split(splitter, trainer_kwargs.get("strategy"))  # DDP: one train / validation split for every process
         callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
         if not any(isinstance(c, PreciseBatchNorm) for c in callbacks):
             callbacks.append(PreciseBatchNorm())  # a no-op for modules without BatchNorm

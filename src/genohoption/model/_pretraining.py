@@ -18,7 +18,7 @@ from scvi.train import TrainRunner
 from .. import _constants as K
 from .._validate import check_graph, check_unique_var_names, check_values, get_matrix, matrix_name
 from ..module import PretrainingModule
-from ._distributed import distributed_splitter_kwargs
+from ._distributed import distributed_splitter_kwargs, pin_split
 from ._query import aligned_matrix, iter_rows
 from ._task import Task, graph_tensors
 from ._training import MaskedExpressionTrainingPlan, RestoreBestWeights
@@ -145,6 +145,7 @@ def pretrain_backbone(
     plan = MaskedExpressionTrainingPlan(module, **{"lr": lr, "weight_decay": weight_decay, **(plan_kwargs or {})})
     splitter = DataSplitter(manager, train_size=train_size, batch_size=batch_size,
                             **distributed_splitter_kwargs(trainer_kwargs.get("strategy"), None))
+    pin_split(splitter, trainer_kwargs.get("strategy"))
     has_validation = train_size < 1
     callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
     if has_validation:
