@@ -39,6 +39,8 @@ ENGINE_STREAMED = "streamed"
 """The matrix was backed (on disk) and read in chunks of cells."""
 ENGINE_DASK = "dask"
 """The matrix was a dask array, reduced block by block on dask's scheduler."""
+ENGINE_NONE = "none"
+"""No co-expression was computed (``edges="prior"``)."""
 
 _MIN_PRIOR_COVERAGE = 0.05
 _EDGES = ("both", "coexpression", "prior")
@@ -201,7 +203,7 @@ def build_gene_graph(
     n_cells = int(cell_mask.sum()) if cell_mask is not None else adata.n_obs
 
     X = None
-    engine = "none"
+    engine = ENGINE_NONE
     if use_coexpression:
         if n_cells < 3:
             raise ValueError(
