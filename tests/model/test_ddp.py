@@ -94,9 +94,14 @@ def test_distributed_sampler_only_under_ddp(strategy, ddp):
 
 
 def test_rank_from_launcher_variables_and_save_on_rank0_only(monkeypatch, tmp_path):
-    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"):
         monkeypatch.delenv(name, raising=False)
     assert global_rank() == 0 and is_global_zero()
+    monkeypatch.setenv("NODE_RANK", "1")  # Lightning's launcher on a second node, before training
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert not is_global_zero()
+    monkeypatch.delenv("NODE_RANK")
+    monkeypatch.delenv("LOCAL_RANK")
     adata = S.make_data()
     gh.GenoHoptionModel.setup_anndata(adata, labels_key="cell_type")
     model = gh.GenoHoptionModel(adata, **S.MODEL)

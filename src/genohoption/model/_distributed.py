@@ -100,5 +100,17 @@ def global_rank() -> int:
 
 
 def is_global_zero() -> bool:
-    """Whether this process is the one that writes files (global rank 0, or the only process)."""
-    return global_rank() == 0
+    """Whether this process is the one that writes files (global rank 0, or the only process).
+
+    Without an initialised process group: the global rank of the launcher (``RANK``, else ``SLURM_PROCID``)
+    is 0; or, with only Lightning's variables, ``LOCAL_RANK`` and ``NODE_RANK`` are both 0.
+    """
+    rank = global_rank()
+    if rank != 0:
+        return False
+    import torch.distributed as dist
+
+    if (dist.is_available() and dist.is_initialized()) or any(n in os.environ for n in ("RANK", "SLURM_PROCID")):
+        return True
+    node = os.environ.get("NODE_RANK", "0").strip()
+    return not (node.isdigit() and int(node) != 0)
