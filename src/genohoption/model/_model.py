@@ -223,7 +223,7 @@ class GenoHoptionModel(BaseModelClass):
         self.pretrained_report_ = None
         self.pretrain_history_: dict | None = None
         self.module = self._task.build_module(adata, graph, self.params, checkpoint=checkpoint, genes=genes)
-        #: scale of the registered values (raw counts or log-normalised), compared with queries' at inference
+        # scale of the registered values (raw counts or log-normalised), compared with queries' at inference
         self.value_scale_ = (value_scale(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY))
                              if adata is not None else None)
         if checkpoint is not None:  # the head decision is part of the architecture: save it
