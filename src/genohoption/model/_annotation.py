@@ -28,7 +28,7 @@ from .._validate import (
 from ..module import AnnotationModule
 from ._pretrained import load_pretrained_weights
 from ._query import aligned_matrix, iter_rows
-from ._task import Task, graph_tensors
+from ._task import Task, backbone_kwargs, graph_tensors
 from ._training import ClassificationTrainingPlan
 
 if TYPE_CHECKING:
@@ -95,16 +95,7 @@ class AnnotationTask(Task):
             backbone_config=config,
             cell_emb=params.get("cell_emb") or (config or {}).get("cell_emb", "cls+expr"),
             gene_tokens=params.get("gene_tokens", "expressed"),
-            d_model=params["d_model"],
-            n_heads=params["n_heads"],
-            n_layers=params["n_layers"],
-            d_hid=params["d_hid"],
-            dropout=params["dropout"],
-            attention=params["attention"],
-            n_hops=params["n_hops"],
-            alpha=params["alpha"],
-            t=params["t"],
-            normalize=params["normalize_heat"],
+            **backbone_kwargs(params),
         )
         self.model.pretrained_report_ = (
             load_pretrained_weights(module, checkpoint, genes) if checkpoint is not None else None

@@ -23,7 +23,7 @@ from ..module import PerturbationModule
 from ._perturbation_data import PerturbationDataSplitter, PerturbationField, registry_universe
 from ._pretrained import load_pretrained_weights
 from ._query import aligned_matrix, iter_rows
-from ._task import Task, graph_tensors
+from ._task import Task, backbone_kwargs, graph_tensors
 from ._training import RegressionTrainingPlan
 
 if TYPE_CHECKING:
@@ -163,16 +163,7 @@ class PerturbationTask(Task):
             max_seq_len=params["max_seq_len"],
             loss=params["loss"],
             backbone_config=params.get("backbone_config"),
-            d_model=params["d_model"],
-            n_heads=params["n_heads"],
-            n_layers=params["n_layers"],
-            d_hid=params["d_hid"],
-            dropout=params["dropout"],
-            attention=params["attention"],
-            n_hops=params["n_hops"],
-            alpha=params["alpha"],
-            t=params["t"],
-            normalize=params["normalize_heat"],
+            **backbone_kwargs(params),
         )
         self.model.pretrained_report_ = (
             _load_pretrained(module, checkpoint, genes, universe) if checkpoint is not None else None

@@ -20,7 +20,7 @@ from .._validate import check_graph, check_unique_var_names, check_values, get_m
 from ..module import PretrainingModule
 from ._distributed import distributed_splitter_kwargs, pin_split
 from ._query import aligned_matrix, iter_rows
-from ._task import Task, graph_tensors
+from ._task import Task, backbone_kwargs, graph_tensors
 from ._training import MaskedExpressionTrainingPlan, RestoreBestWeights
 
 if TYPE_CHECKING:
@@ -68,10 +68,7 @@ class PretrainingTask(Task):
         indptr, indices = graph_tensors(graph, n_genes)
         self.model.pretrained_report_ = None
         return PretrainingModule(
-            n_genes, indptr, indices, max_seq_len=params["max_seq_len"], d_model=params["d_model"],
-            n_heads=params["n_heads"], n_layers=params["n_layers"], d_hid=params["d_hid"], dropout=params["dropout"],
-            attention=params["attention"], n_hops=params["n_hops"], alpha=params["alpha"], t=params["t"],
-            normalize=params["normalize_heat"],
+            n_genes, indptr, indices, max_seq_len=params["max_seq_len"], **backbone_kwargs(params),
         )
 
     def training_plan(self, **plan_kwargs) -> MaskedExpressionTrainingPlan:

@@ -125,3 +125,12 @@ def graph_tensors(graph: sparse.csr_matrix | None, n_genes: int) -> tuple[torch.
     if graph is None:
         return torch.zeros(n_genes + 1, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
     return torch.from_numpy(graph.indptr.astype(np.int64)), torch.from_numpy(graph.indices.astype(np.int64))
+
+
+def backbone_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    """Return the backbone's sizes, dropout and attention arguments, from the model's parameters."""
+    return {
+        "d_model": params["d_model"], "n_heads": params["n_heads"], "n_layers": params["n_layers"],
+        "d_hid": params["d_hid"], "dropout": params["dropout"], "attention": params["attention"],
+        "n_hops": params["n_hops"], "alpha": params["alpha"], "t": params["t"], "normalize": params["normalize_heat"],
+    }
