@@ -87,6 +87,75 @@ def as_anndata(adata: Any, *, name: str = "adata", allow_backed: bool = False) -
     return adata
 
 
+def is_backed_matrix(X) -> bool:
+    """Whether ``X`` is a matrix on disk: an :class:`h5py.Dataset` (dense) or anndata's backed CSR / CSC dataset.
+
+    These are what ``adata.X`` is for an AnnData opened with ``anndata.read_h5ad(path, backed="r")``.
+    """
+    if sparse.issparse(X) or isinstance(X, np.ndarray):
+        return False
+    if getattr(X, "format", None) in ("csr", "csc") and hasattr(X, "shape"):
+        return True  # anndata's backed sparse datasets
+    return type(X).__module__.split(".")[0] == "h5py" and hasattr(X, "shape")
+
+
+def check_row_access(X, where: str = "adata.X") -> None:
+    """Raise ``ValueError`` when ``X`` is on disk in a layout that cannot be read a few rows (cells) at a time.
+
+    A backed CSC matrix stores genes, not cells, contiguously: every minibatch of cells would read the whole
+    file. Dense (``h5py``) and CSR matrices on disk, and every matrix in memory, pass.
+
+    Raises
+    ------
+    ValueError
+        For a backed CSC matrix, naming the fix (write the file with a CSR matrix, or load it in memory).
+    """
+    if is_backed_matrix(X) and getattr(X, "format", None) == "csc":
+        raise ValueError(
+            f"{where} is a backed CSC matrix, which can only be read a block of genes at a time (every minibatch "
+            "of cells would read the whole file); write the file with a CSR matrix (adata = anndata.read_h5ad(path); "
+            "adata.X = adata.X.tocsr(); adata.write_h5ad(path)) or load it with adata.to_memory()."
+        )
+
+
+def _backed_sparse_arrays(X, name: str, step: int):
+    """Yield slices of ``step`` entries of a backed sparse matrix's ``data`` or ``indices`` array (on disk)."""
+    arr = X.group[name]
+    for s in range(0, int(arr.shape[0]), step):
+        yield np.asarray(arr[s : s + step])
+
+
+def check_backed_structure(X, where: str, fix: str = "") -> None:
+    """Check a backed CSR / CSC matrix's index arrays on disk, reading ``indices`` in chunks.
+
+    The row pointers are read whole (``n_obs + 1`` integers), the column indices ``2**24`` at a time, so
+    memory stays bounded however large the file.
+
+    Raises
+    ------
+    ValueError
+        For a corrupt structure (see :func:`check_csr_structure`).
+    """
+    fix = fix or MATRIX_FIX
+    group = getattr(X, "group", None)
+    if group is None or "indptr" not in group or "indices" not in group:
+        return
+    n_rows, n_cols = (int(s) for s in X.shape)
+    if X.format == "csc":
+        n_rows, n_cols = n_cols, n_rows
+    indptr = np.asarray(group["indptr"][...])
+    n_entries = int(group["indices"].shape[0])
+    if indptr.ndim != 1 or not np.issubdtype(indptr.dtype, np.integer) or indptr.size != n_rows + 1 or (
+            indptr[0] != 0 or indptr[-1] != n_entries or (np.diff(indptr) < 0).any()):
+        raise ValueError(f"{where} is not a valid {X.format.upper()} matrix on disk (row pointers); {fix}.")
+    if int(group["data"].shape[0]) != n_entries:
+        raise ValueError(f"{where} is not a valid sparse matrix (data and index arrays differ in length); {fix}.")
+    for chunk in _backed_sparse_arrays(X, "indices", _CHECK_ELEMENTS):
+        if not np.issubdtype(chunk.dtype, np.integer) or chunk.min() < 0 or chunk.max() >= n_cols:
+            raise ValueError(f"{where} is not a valid {X.format.upper()} matrix on disk (index out of "
+                             f"[0, {n_cols})); {fix}.")
+
+
 def matrix_name(layer: str | None) -> str:
     """``"adata.X"`` or ``"adata.layers['<layer>']"``, for messages."""
     return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
@@ -133,6 +202,8 @@ def get_matrix(adata: AnnData, layer: str | None = None):
         raise TypeError(f"{where} must hold real numbers, got dtype {dtype}; convert it to float32.")
     if sparse.issparse(X):  # a corrupt structure (an h5ad can carry one) would crash SciPy's C code
         check_sparse_structure(X, where, MATRIX_FIX)
+    elif is_backed_matrix(X) and getattr(X, "format", None) in ("csr", "csc"):
+        check_backed_structure(X, where, MATRIX_FIX)  # the same, read from disk in chunks
     return X
 
 
@@ -142,8 +213,9 @@ def check_values(X, where: str = "the expression matrix") -> None:
     Parameters
     ----------
     X
-        Dense or sparse ``(n_obs, n_vars)`` matrix. Dense matrices are read in chunks of rows, so the
-        check needs little extra memory.
+        Dense or sparse ``(n_obs, n_vars)`` matrix, in memory or on disk (backed AnnData). Dense
+        matrices are read in chunks of rows and the values of backed sparse ones in chunks of entries,
+        so the check needs little extra memory.
     where
         Name of the matrix, for messages.
 
@@ -155,6 +227,8 @@ def check_values(X, where: str = "the expression matrix") -> None:
     """
     if sparse.issparse(X):
         chunks = [X.data]
+    elif is_backed_matrix(X) and getattr(X, "group", None) is not None and "data" in X.group:
+        chunks = _backed_sparse_arrays(X, "data", _CHECK_ELEMENTS)  # the stored values, never the whole array
     else:
         X = np.asarray(X) if not hasattr(X, "shape") else X
         step = max(1, _CHECK_ELEMENTS // max(int(X.shape[1]) if X.ndim > 1 else 1, 1))

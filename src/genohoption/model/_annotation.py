@@ -157,11 +157,12 @@ class AnnotationTask(Task):
         if adata.n_obs == 0:
             raise ValueError("The query has no cells (n_obs = 0); pass at least one cell (check the filter that "
                              "selected them).")
-        X = aligned_matrix(adata, model.var_names, model.registry_["setup_args"]["layer"])
+        layer = model.registry_["setup_args"]["layer"]
+        X = aligned_matrix(adata, model.var_names, layer)  # on disk (backed): read below, a minibatch at a time
         check_value_scale(getattr(model, "value_scale_", None), value_scale(X), "The query", stacklevel=4)
         model.module.eval()
         latents, probs = [], []
-        for x in iter_rows(X, batch_size, model.device):
+        for x in iter_rows(X, batch_size, model.device, matrix_name(layer)):
             out = model.module(x)
             z, p = out["z"].float(), torch.softmax(out["logits"].float(), -1)
             if not (bool(torch.isfinite(z).all()) and bool(torch.isfinite(p).all())):

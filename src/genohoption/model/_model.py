@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 from scvi import REGISTRY_KEYS
 from scvi import settings as scvi_settings
-from scvi.data import AnnDataManager
 from scvi.model._utils import parse_device_args
 from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
@@ -22,6 +21,7 @@ from .. import _constants as K
 from .._validate import as_anndata, check_csr_structure, check_graph, value_scale
 from ..module._annotation import CELL_EMBEDDINGS, GENE_TOKENS
 from ..nn._heads import INPUT_NORMS
+from ._backed import GenoHoptionDataManager
 from ._callbacks import PreciseBatchNorm
 from ._distributed import distributed_splitter_kwargs, is_global_zero, pin_split
 from ._io import file_paths, load_model_files, save_model_files
@@ -194,7 +194,7 @@ class GenoHoptionModel(BaseModelClass):
             raise ValueError(f"gene_tokens={gene_tokens!r}: choose one of {GENE_TOKENS} "
                              "('all' with the scGPT backbone).")
         if adata is not None:
-            adata = as_anndata(adata)
+            adata = as_anndata(adata, allow_backed=True)  # registered by setup_anndata, which checked it
         checkpoint = genes = None
         if pretrained is not None:
             if adata is None:
@@ -255,7 +255,10 @@ class GenoHoptionModel(BaseModelClass):
         ----------
         adata
             Reference data, ``(n_obs, n_vars)``: counts or log-normalised expression, non-negative. A
-            MuData stands for its ``"rna"`` modality.
+            MuData stands for its ``"rna"`` modality. It may be backed (``anndata.read_h5ad(path,
+            backed="r")``, CSR or dense ``X`` on disk; annotation and pretraining): nothing is loaded, the
+            values and sparse structure are checked in chunks, and :meth:`train` reads minibatches from
+            the file (``docs/scale.md``). The registry goes to the backed object's in-memory ``uns`` / ``obs``.
         layer
             Layer with the expression; ``None`` uses ``adata.X``.
         labels_key
@@ -302,15 +305,20 @@ class GenoHoptionModel(BaseModelClass):
             missing, or a perturbed gene is not in the gene universe.
         ValueError
             For duplicated ``var_names``, NaN / inf / negative expression, missing labels, fewer than two
-            cell types, an invalid graph, malformed conditions or no control cell.
+            cell types, an invalid graph, malformed conditions or no control cell; for a backed AnnData
+            whose ``X`` is CSC, a view of a backed AnnData, or a backed AnnData with ``perturbation_key``
+            (each message names the fix).
         """
         setup_method_args = cls._get_setup_method_args(**locals())
-        adata = as_anndata(adata)
+        adata = as_anndata(adata, allow_backed=True)
         setup_args = setup_method_args["setup_args"]
-        fields = task_class(setup_args).setup_fields(adata, transfer="source_registry" in kwargs, **setup_args)
+        task = task_class(setup_args)
+        if adata.isbacked:
+            task.check_backed(adata, layer)
+        fields = task.setup_fields(adata, transfer="source_registry" in kwargs, **setup_args)
         if not isinstance(prior, str | os.PathLike | None):  # the registry keeps the universe, not the table
             setup_args["prior"] = f"{type(prior).__name__} (not saved)"
-        manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        manager = GenoHoptionDataManager(fields=fields, setup_method_args=setup_method_args)
         manager.register_fields(adata, **kwargs)
         cls.register_manager(manager)
 
@@ -342,7 +350,10 @@ class GenoHoptionModel(BaseModelClass):
             if self.adata is None:
                 raise ValueError("This model holds no data: pass the AnnData to use, e.g. model.predict(adata).")
             adata = self.adata
-        return as_anndata(adata)
+        adata = as_anndata(adata, allow_backed=True)
+        if adata.isbacked:
+            self._task.check_backed(adata, self.registry_["setup_args"]["layer"])
+        return adata
 
     def _query(self, adata: AnnData | None) -> AnnData:
         """Return the data to run inference on (see :meth:`_data`), warning if the model is untrained."""
@@ -383,6 +394,8 @@ class GenoHoptionModel(BaseModelClass):
         weights before every validation and at the end (:class:`~genohoption.model.PreciseBatchNorm`).
         Per-epoch metrics are in :attr:`history_`. When the cells are too few to hold any out (e.g. 3 cells
         with ``train_size=0.9``), training runs on all of them without validation, with a warning.
+        Registered data that are backed (on disk) are read a minibatch at a time, with the same weights
+        as in memory for the same seed.
 
         Every epoch starts by seeding torch, NumPy and :mod:`random` from ``(scvi.settings.seed, epoch)``
         (:class:`~genohoption.model.EpochSeed`), so training interrupted and resumed from a checkpoint ends
@@ -541,7 +554,8 @@ class GenoHoptionModel(BaseModelClass):
         ----------
         adata
             Cells to pretrain on, ``(n_obs, n_vars)``, same kind of values (layer) as the model's data;
-            default: the model's own data.
+            default: the model's own data. A backed AnnData is read a minibatch at a time when its genes
+            are the model's, in order.
         max_epochs, batch_size, lr, weight_decay, train_size, early_stopping, early_stopping_patience
             As in :meth:`train` (early stopping on the masked-value loss of held-out cells).
         mask_ratio
@@ -553,7 +567,8 @@ class GenoHoptionModel(BaseModelClass):
         ------
         ValueError
             For a Geneformer backbone (only the scGPT-style backbone is pretrained here), a
-            ``mask_ratio`` outside ``(0, 1)``, or data that share no gene with the model.
+            ``mask_ratio`` outside ``(0, 1)``, data that share no gene with the model, or backed data whose
+            genes are not the model's in order.
         """
         from ._pretraining import pretrain_backbone
 
@@ -579,7 +594,8 @@ class GenoHoptionModel(BaseModelClass):
         Parameters
         ----------
         adata
-            Cells to embed (genes aligned to the model by name); defaults to the training data.
+            Cells to embed (genes aligned to the model by name); defaults to the training data. A backed
+            AnnData (``backed="r"``, CSR or dense ``X``) is read ``batch_size`` cells at a time.
         batch_size
             Cells per forward pass.
 
@@ -618,7 +634,10 @@ class GenoHoptionModel(BaseModelClass):
         ----------
         adata
             Query cells, ``(n_obs, n_vars)``, same kind of values (layer) as the reference; defaults to
-            the training data.
+            the training data. A backed AnnData (``backed="r"``, CSR or dense ``X``) is read
+            ``batch_size`` cells at a time and never loaded whole; the results below go to its in-memory
+            ``obs`` / ``obsm`` / ``uns`` (the file is not changed; with ``backed="r+"``, ``adata.write()``
+            stores them).
         batch_size
             Cells per forward pass.
         key_added
@@ -647,7 +666,8 @@ class GenoHoptionModel(BaseModelClass):
         ValueError
             If the query has no cells, shares no gene with the model, holds NaN / negative values or
             values beyond float32, ``key_added`` is empty or contains ``/``, ``batch_size`` is not a
-            positive integer, or the outputs are not finite (the message names the damaged weights).
+            positive integer, the outputs are not finite (the message names the damaged weights), or the
+            query is backed with a CSC ``X`` or is a view of a backed AnnData.
         KeyError
             If the model's layer is missing from the query.
 
@@ -814,7 +834,7 @@ class GenoHoptionModel(BaseModelClass):
             If ``adata`` is not an AnnData / MuData.
         """
         if adata is not None:
-            adata = as_anndata(adata)
+            adata = as_anndata(adata, allow_backed=True)
         state, meta = load_model_files(dir_path, prefix)
         if meta.get("class") != cls.__name__:
             raise ValueError(f"{dir_path} holds a {meta.get('class')!r}, not a {cls.__name__}.")
@@ -862,7 +882,7 @@ class GenoHoptionModel(BaseModelClass):
         model.pretrain_history_ = meta.get("pretrain_history")
         model._model_summary_string = model._task.summary()
         if adata is not None:
-            adata = as_anndata(adata)  # the saved AnnData read above
+            adata = as_anndata(adata, allow_backed=True)  # the saved AnnData read above
             if model._task.can_register(adata, registry):
                 cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
                 model._adata_manager = model._get_most_recent_anndata_manager(adata, required=True)

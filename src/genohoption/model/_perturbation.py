@@ -93,6 +93,7 @@ class PerturbationTask(Task):
     name = "perturbation"
     data_splitter_cls = PerturbationDataSplitter
     categorical_field = ("perturbation_key", K.PERT_KEY)
+    supports_backed = False  # control cells are paired at random and predictions are whole layers
     wrong_method_hint = (
         "this is a perturbation model (set up with perturbation_key=): use "
         "model.predict_perturbation(ctrl_adata, 'A+B')."

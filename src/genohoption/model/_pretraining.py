@@ -10,7 +10,6 @@ import pandas as pd
 import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
-from scvi.data import AnnDataManager
 from scvi.data.fields import LayerField
 from scvi.dataloaders import DataSplitter
 from scvi.train import TrainRunner
@@ -18,8 +17,9 @@ from scvi.train import TrainRunner
 from .. import _constants as K
 from .._validate import check_graph, check_unique_var_names, check_values, get_matrix, matrix_name
 from ..module import PretrainingModule
+from ._backed import GenoHoptionDataManager
 from ._distributed import distributed_splitter_kwargs, pin_split
-from ._query import aligned_matrix, iter_rows
+from ._query import BackedRows, aligned_matrix, is_backed, iter_rows
 from ._task import Task, backbone_kwargs, graph_tensors
 from ._training import MaskedExpressionTrainingPlan, RestoreBestWeights
 
@@ -58,7 +58,8 @@ class PretrainingTask(Task):
         layer = registry["setup_args"]["layer"]
         genes = registry["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"]["column_names"]
         return (not adata.is_view and (layer is None or layer in adata.layers)
-                and list(adata.var_names.astype(str)) == [str(g) for g in genes])
+                and list(adata.var_names.astype(str)) == [str(g) for g in genes]
+                and (not adata.isbacked or cls.backed_ok(adata, layer)))
 
     def build_module(self, adata, graph, params: dict[str, Any], checkpoint=None, genes=None) -> PretrainingModule:
         """:class:`~genohoption.module.PretrainingModule` around a new scGPT-style backbone."""
@@ -97,6 +98,24 @@ class PretrainingTask(Task):
         return np.concatenate(out)
 
 
+def _backed_handle(adata: AnnData, X, var_names: pd.Index) -> AnnData:
+    """Return a light AnnData whose ``X`` is the backed ``adata``'s matrix on disk (nothing is read here).
+
+    Raises
+    ------
+    ValueError
+        If the file's genes are not the model's genes in order (they would have to be realigned row by row
+        inside the data loader), naming the fixes.
+    """
+    if isinstance(X, BackedRows):
+        raise ValueError(
+            f"pretrain() on a backed AnnData (file {adata.filename}) reads its rows as stored, so its genes must be "
+            "the model's genes in the model's order; write the data with them (adata[:, model.var_names] after "
+            "loading, then write_h5ad) or load it with adata.to_memory()."
+        )
+    return AnnData(X=X, obs=pd.DataFrame(index=adata.obs_names.astype(str)), var=pd.DataFrame(index=var_names))
+
+
 class _Run:
     """What scvi-tools' :class:`~scvi.train.TrainRunner` reads and writes on a model, for a side training."""
 
@@ -130,9 +149,12 @@ def pretrain_backbone(
     """Pretrain ``model.module.backbone`` in place on ``adata`` (genes aligned by name); return the history."""
     # a light AnnData around the (aligned) expression: the caller's object gets no scvi-tools keys
     X = aligned_matrix(adata, model.var_names, model.registry_["setup_args"]["layer"])
-    data = AnnData(X=X, obs=pd.DataFrame(index=adata.obs_names.astype(str)),
-                   var=pd.DataFrame(index=model.var_names))
-    manager = AnnDataManager(fields=[LayerField(REGISTRY_KEYS.X_KEY, None, is_count_data=False)])
+    if is_backed(X):  # the same matrix on disk, read a minibatch at a time by the data loader
+        data = _backed_handle(adata, X, model.var_names)
+    else:
+        data = AnnData(X=X, obs=pd.DataFrame(index=adata.obs_names.astype(str)),
+                       var=pd.DataFrame(index=model.var_names))
+    manager = GenoHoptionDataManager(fields=[LayerField(REGISTRY_KEYS.X_KEY, None, is_count_data=False)])
     manager.register_fields(data)
     base = model.module
     module = PretrainingModule(

@@ -11,7 +11,14 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from .._validate import check_unique_var_names, check_values, get_matrix, matrix_name
+from .._validate import (
+    check_row_access,
+    check_unique_var_names,
+    check_values,
+    get_matrix,
+    is_backed_matrix,
+    matrix_name,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -32,18 +39,25 @@ def aligned_matrix(adata: AnnData, var_names: pd.Index, layer: str | None):
     Returns
     -------
     ``(n_obs, len(var_names))`` matrix: ``adata``'s own matrix when the genes already match, else a
-    CSR matrix (no dense copy).
+    CSR matrix (no dense copy). For a matrix on disk (backed AnnData) nothing is loaded: the matrix
+    itself, or a :class:`BackedRows` that aligns the genes of the rows it reads; its values are checked
+    as :func:`iter_rows` reads them.
 
     Raises
     ------
     ValueError
-        If no gene is shared, the names repeat, or values are NaN / negative.
+        If no gene is shared, the names repeat, values are NaN / negative, or the matrix is a backed CSC
+        matrix (which cannot be read a few cells at a time).
     KeyError
         If ``layer`` is missing.
     """
     check_unique_var_names(adata)
     X = get_matrix(adata, layer)
-    check_values(X, matrix_name(layer))
+    backed = is_backed_matrix(X)
+    if backed:
+        check_row_access(X, matrix_name(layer))
+    else:
+        check_values(X, matrix_name(layer))
     query = adata.var_names.astype(str)
     if query.equals(var_names):
         return X
@@ -66,14 +80,51 @@ def aligned_matrix(adata: AnnData, var_names: pd.Index, layer: str | None):
         (np.ones(present.size, np.float32), (np.arange(present.size), present)),
         shape=(present.size, var_names.size),
     )
+    if backed:
+        return BackedRows(X, pos[present], select)
     return sp.csr_matrix(X)[:, pos[present]] @ select
 
 
-def iter_rows(X, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
-    """Yield ``(<= batch_size, n_vars)`` float32 tensors of ``X``'s rows on ``device``, in order."""
+class BackedRows:
+    """Rows of a matrix on disk with its genes put in the model's order, read only when indexed.
+
+    Parameters
+    ----------
+    X
+        ``(n_obs, n_query_genes)`` backed matrix (``h5py.Dataset`` or anndata's backed CSR dataset).
+    columns
+        Columns of ``X`` that are model genes, in the order of ``select``'s rows.
+    select
+        ``(len(columns), n_model_genes)`` 0/1 CSR matrix placing each of those columns at its model gene.
+    """
+
+    def __init__(self, X, columns: np.ndarray, select: sp.csr_matrix):
+        self.X, self.columns, self.select = X, columns, select
+        self.shape = (int(X.shape[0]), int(select.shape[1]))
+        self.dtype = np.dtype(np.float32)
+
+    def __getitem__(self, rows) -> sp.csr_matrix:
+        """Read ``rows`` (a slice or sorted indices) from disk and align their genes (CSR)."""
+        return sp.csr_matrix(self.X[rows])[:, self.columns] @ self.select
+
+
+def is_backed(X) -> bool:
+    """Whether ``X`` (from :func:`aligned_matrix`) is read from disk."""
+    return isinstance(X, BackedRows) or is_backed_matrix(X)
+
+
+def iter_rows(X, batch_size: int, device: torch.device, where: str = "adata.X") -> Iterator[torch.Tensor]:
+    """Yield ``(<= batch_size, n_vars)`` float32 tensors of ``X``'s rows on ``device``, in order.
+
+    A matrix on disk is read ``batch_size`` rows at a time (nothing else is loaded) and each minibatch's
+    values are checked as it is read (:func:`~genohoption._validate.check_values`, naming ``where``).
+    """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    backed = is_backed(X)
     for start in range(0, X.shape[0], batch_size):
         rows = X[start : start + batch_size]
+        if backed:
+            check_values(rows, where)
         rows = rows.toarray() if sp.issparse(rows) else np.asarray(rows)
         yield torch.as_tensor(rows, dtype=torch.float32, device=device)

@@ -15,6 +15,8 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.dataloaders import DataSplitter
 
+from .._validate import check_row_access, get_matrix, matrix_name
+
 if TYPE_CHECKING:
     from anndata import AnnData
     from lightning.pytorch import LightningModule
@@ -36,6 +38,9 @@ class Task:
     name: ClassVar[str] = "task"
     data_splitter_cls: ClassVar[type] = DataSplitter
     wrong_method_hint: ClassVar[str] = ""
+    #: whether the task trains and infers on a backed AnnData (``anndata.read_h5ad(path, backed="r")``),
+    #: reading minibatches of cells from disk
+    supports_backed: ClassVar[bool] = True
 
     def __init__(self, model: GenoHoptionModel):
         self.model = model
@@ -49,6 +54,39 @@ class Task:
         training-only checks (labels, graph) are skipped or relaxed.
         """
         raise NotImplementedError
+
+    @classmethod
+    def check_backed(cls, adata: AnnData, layer: str | None) -> None:
+        """Raise unless this task can read ``adata``, a backed AnnData, a minibatch of cells at a time.
+
+        Raises
+        ------
+        ValueError
+            If the task needs its data in memory, ``adata`` is a view of a backed AnnData, or its matrix
+            is a backed CSC matrix; each message names the fix.
+        """
+        if not cls.supports_backed:
+            raise ValueError(
+                f"adata is backed (file {adata.filename}), but {cls.name} models need their data in memory "
+                "(predictions are written as whole layers); load it with adata = adata.to_memory() or "
+                "anndata.read_h5ad(path) without backed=."
+            )
+        if adata.is_view:
+            raise ValueError(
+                f"adata is a view of a backed AnnData (file {adata.filename}); write the selected cells to a file of "
+                "their own (adata.write_h5ad(path), then anndata.read_h5ad(path, backed='r')) or load them with "
+                "adata.to_memory()."
+            )
+        check_row_access(get_matrix(adata, layer), matrix_name(layer))
+
+    @classmethod
+    def backed_ok(cls, adata: AnnData, layer: str | None) -> bool:
+        """Whether :meth:`check_backed` accepts ``adata``."""
+        try:
+            cls.check_backed(adata, layer)
+        except (KeyError, TypeError, ValueError):
+            return False
+        return True
 
     #: ``(setup argument naming the obs column, registry field key)`` of the task's categorical field
     categorical_field: ClassVar[tuple[str, str]] = ("", "")
@@ -67,6 +105,8 @@ class Task:
         genes = fields[REGISTRY_KEYS.X_KEY]["state_registry"]["column_names"]
         known = fields[field_key]["state_registry"]["categorical_mapping"]
         if adata.is_view or obs_key not in adata.obs or (layer is not None and layer not in adata.layers):
+            return False
+        if adata.isbacked and not cls.backed_ok(adata, layer):
             return False
         values = adata.obs[obs_key]
         return (
