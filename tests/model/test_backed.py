@@ -192,3 +192,16 @@ def test_pretrain_on_backed_equals_in_memory(data):
         models.append(model)
         assert "_scvi_uuid" not in corpus.uns  # the corpus itself is not registered
     _same_weights(*models)
+
+
+def test_load_with_backed_data_registers_it(data, tmp_path):
+    adata, paths = data
+    model = _train(adata.copy())
+    model.save(tmp_path / "m")
+    backed = ad.read_h5ad(paths["csr"], backed="r")
+    loaded = gh.GenoHoptionModel.load(tmp_path / "m", adata=backed)
+    assert loaded.adata is backed and loaded.adata_manager is not None  # registered: training can go on
+    np.testing.assert_array_equal(loaded.get_latent_representation(), model.get_latent_representation(adata))
+    csc = ad.read_h5ad(paths["csc"], backed="r")
+    attached = gh.GenoHoptionModel.load(tmp_path / "m", adata=csc)  # attached only: it cannot be registered
+    assert attached.adata is csc and "_scvi_uuid" not in csc.uns
