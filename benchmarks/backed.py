@@ -21,6 +21,12 @@ and wall times:
                       memory, for comparison; and ``train / predict backed`` on that smaller file too, so
                       that backed and in-memory are compared at one size.
 
+Peak RSS depends on glibc's allocator: the model's forward passes allocate buffers whose sizes change with
+each minibatch's longest cell, and with glibc's default (dynamic) mmap threshold freed buffers stay in the
+heap, which grows slowly with the number of minibatches (a few KiB per cell in ``predict``).
+``--malloc-mmap-threshold 65536`` sets ``MALLOC_MMAP_THRESHOLD_`` in the measured processes (as
+``benchmarks/attention.py`` does), so that large buffers are returned to the system when freed.
+
 Usage::
 
     python benchmarks/backed.py                                   # 200,000 x 2,000 (slow on 2 cores)
@@ -165,9 +171,12 @@ def worker(args) -> dict:
     return out
 
 
-def run(path: Path, stage: str, mode: str, model_dir: Path, threads: int, timeout: int) -> dict:
+def run(path: Path, stage: str, mode: str, model_dir: Path, threads: int, timeout: int,
+        mmap_threshold: int | None = None) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "NUMBA_NUM_THREADS": str(threads)}
+    if mmap_threshold:  # glibc: allocations above this size are mmapped and returned to the system when freed
+        env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
     cmd = [sys.executable, __file__, "--worker", "--path", str(path), "--stage", stage, "--mode", mode,
            "--model-dir", str(model_dir), "--threads", str(threads)]
     t = time.perf_counter()
@@ -203,6 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--keep", action="store_true", help="keep the data directory")
     p.add_argument("--timeout", type=int, default=6 * 3600)
+    p.add_argument("--malloc-mmap-threshold", type=int, default=None,
+                   help="set MALLOC_MMAP_THRESHOLD_ (bytes) in the measured processes, e.g. 65536")
     p.add_argument("--json", type=Path, default=None)
     # worker mode
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -227,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
                   flush=True)
             model_dir = data_dir / f"model_{mode}_{n}"
             for stage in ("train", "predict"):
-                r = run(path, stage, mode, model_dir, args.threads, args.timeout)
+                r = run(path, stage, mode, model_dir, args.threads, args.timeout, args.malloc_mmap_threshold)
                 r["file_gib"] = path.stat().st_size / 2**30
                 rows.append(r)
                 print(f"# {stage} {mode} {n}: {r['wall_s']:.1f} s, peak {r['peak_rss_gib']:.2f} GiB", flush=True)
