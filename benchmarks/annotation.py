@@ -26,7 +26,8 @@ Analyses (``--analyses``):
 (transductive, no labels) before fine-tuning.
 
     python benchmarks/annotation.py [--datasets pbmc68k pbmc3k] [--seeds 0 1 2 3 4] [--jobs 2] [--threads 1]
-        [--analyses table fewshot ksweep] [--fewshot-seeds 0 1 2] [--ksweep-seeds 0 1 2] [--json out.json]
+        [--analyses table fewshot ksweep] [--fewshot-seeds 0 1 2 3 4] [--ksweep-seeds 0 1 2 3 4] [--json out.json]
+        [--summarize out.json ...]
 """
 
 from __future__ import annotations
@@ -177,8 +178,8 @@ def main() -> None:
                         choices=["table", "fewshot", "ksweep"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--pretrain-epochs", type=int, default=10)
-    parser.add_argument("--fewshot-seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--ksweep-seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--fewshot-seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--ksweep-seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--json", type=Path, help="write every run's row here")
