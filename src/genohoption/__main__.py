@@ -202,11 +202,14 @@ def _check_options(args: argparse.Namespace) -> None:
             raise UserError(f"{option} {path} is not a file; give the path of an .h5ad file.")
         if not os.access(path, os.R_OK):
             raise UserError(f"{option} {path}: file is not readable (permissions).")
-    if args.prior.lower() not in ("default", "none"):
-        prior = Path(args.prior)
-        if not prior.is_file():
-            raise UserError(f"--prior {prior}: no such file; give a CSV / TSV / parquet network file, 'none' "
-                            "(co-expression only) or leave it out (packaged network).")
+    _check_prior_and_outputs(args)
+
+
+def _check_prior_and_outputs(args: argparse.Namespace) -> None:
+    """Check ``--prior``, ``--out`` and ``--save-model`` (both jobs have them) before any work is done."""
+    if args.prior.lower() not in ("default", "none") and not Path(args.prior).is_file():
+        raise UserError(f"--prior {args.prior}: no such file; give a CSV / TSV / parquet network file, 'none' "
+                        "(co-expression only) or leave it out (packaged network).")
     _check_writable_dir(args.out, "--out", create=False)
     if args.save_model is not None:
         _check_writable_dir(args.save_model, "--save-model", create=False)
@@ -396,15 +399,7 @@ def _check_perturb_options(args: argparse.Namespace) -> None:
         raise UserError(f"--data {args.data} is not a readable file; give the path of a GEARS-format .h5ad file.")
     if not 0 < args.train_gene_fraction < 1:
         raise UserError(f"--train-gene-fraction must be in (0, 1), got {args.train_gene_fraction}.")
-    if args.prior.lower() not in ("default", "none") and not Path(args.prior).is_file():
-        raise UserError(f"--prior {args.prior}: no such file; give a CSV / TSV / parquet network file, 'none' or "
-                        "leave it out (packaged network).")
-    _check_writable_dir(args.out, "--out", create=False)
-    if args.save_model is not None:
-        _check_writable_dir(args.save_model, "--save-model", create=False)
-        if (args.save_model / WEIGHTS_FILE).exists():
-            raise UserError(f"--save-model {args.save_model} already holds a saved model; choose an empty "
-                            "directory or delete that one.")
+    _check_prior_and_outputs(args)
 
 
 def _load_screen(args: argparse.Namespace):
