@@ -486,6 +486,24 @@ def _bands(n_genes: int, band_bytes: int) -> list[tuple[int, int]]:
     return out
 
 
+def _mean_of_first_cells(chunks, n_genes: int) -> np.ndarray:
+    """Per-gene mean of the first ``_SHIFT_CELLS`` selected cells of ``(rows, mask)`` chunks, read lazily.
+
+    The streamed kernels' shift: subtracting it before accumulating keeps the float64 sums exact enough for
+    highly expressed genes. ``mask`` (boolean over the chunk's rows, or ``None`` for all) selects the cells.
+    """
+    got, sums = 0, np.zeros(n_genes)
+    for x, m in chunks:
+        if m is not None:
+            x = x[np.flatnonzero(m)]
+        x = x[: _SHIFT_CELLS - got]
+        sums += np.asarray(x.sum(axis=0), dtype=np.float64).ravel()
+        got += x.shape[0]
+        if got >= _SHIFT_CELLS:
+            break
+    return sums / max(got, 1)
+
+
 class _RowChunks:
     """A ``(n_cells, n_genes)`` matrix read ``chunk`` rows at a time: backed (h5py / anndata sparse dataset) or in memory."""
 
@@ -502,17 +520,7 @@ class _RowChunks:
                 yield c0, c1, m
 
     def shift(self) -> np.ndarray:
-        got, sums = 0, np.zeros(self.n_genes)
-        for c0, c1, m in self._ranges():
-            x = self.X[c0:c1]
-            if m is not None:
-                x = x[np.flatnonzero(m)]
-            x = x[: _SHIFT_CELLS - got]
-            sums += np.asarray(x.sum(axis=0), dtype=np.float64).ravel()
-            got += x.shape[0]
-            if got >= _SHIFT_CELLS:
-                break
-        return sums / max(got, 1)
+        return _mean_of_first_cells(((self.X[c0:c1], m) for c0, c1, m in self._ranges()), self.n_genes)
 
     def moments(self, shift: np.ndarray, i0: int, i1: int, block_size: int) -> _Moments:
         acc = _Moments(shift, i0, i1, block_size)
@@ -558,20 +566,9 @@ class _DaskChunks:
         self.row_ranges = [(int(a), int(b)) for a, b in itertools.pairwise(offsets)]
 
     def shift(self) -> np.ndarray:
-        got, sums = 0, np.zeros(self.n_genes)
-        for k, (c0, c1) in enumerate(self.row_ranges):
-            m = None if self.mask is None else self.mask[c0:c1]
-            if m is not None and not m.any():
-                continue
-            x = self.X.blocks[k, 0].compute()
-            if m is not None:
-                x = x[np.flatnonzero(m)]
-            x = x[: _SHIFT_CELLS - got]
-            sums += np.asarray(x.sum(axis=0), dtype=np.float64).ravel()
-            got += x.shape[0]
-            if got >= _SHIFT_CELLS:
-                break
-        return sums / max(got, 1)
+        masks = (None if self.mask is None else self.mask[c0:c1] for c0, c1 in self.row_ranges)
+        blocks = ((self.X.blocks[k, 0].compute(), m) for k, m in enumerate(masks) if m is None or m.any())
+        return _mean_of_first_cells(blocks, self.n_genes)
 
     def moments(self, shift: np.ndarray, i0: int, i1: int, block_size: int) -> _Moments:
         dask = _import_dask()
