@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -38,6 +40,12 @@ def naive_edges(X: np.ndarray, k: int, min_corr: float) -> set[tuple[int, int]]:
 def graph_edges(adata: ad.AnnData, key: str = "gene_graph") -> set[tuple[int, int]]:
     g = adata.varp[key].tocoo()
     return set(zip(g.row.tolist(), g.col.tolist(), strict=True))
+
+
+@pytest.fixture(scope="session")
+def helpers() -> SimpleNamespace:
+    """The reference functions above, for the test modules (a conftest is not importable by name)."""
+    return SimpleNamespace(correlated_counts=correlated_counts, naive_edges=naive_edges, graph_edges=graph_edges)
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import copy
-import importlib
 import warnings
 
 import anndata as ad
@@ -12,21 +11,6 @@ from scipy import sparse
 
 import genohoption as gh
 from genohoption.pp._coexpression import coexpression_topk_approx, coexpression_topk_exact
-
-
-def _helpers():
-    # conftest helpers (pytest imports tests/pp/conftest.py; reach its module by path)
-    import pathlib
-
-    spec = importlib.util.spec_from_file_location(
-        "_pp_conftest", pathlib.Path(__file__).with_name("conftest.py")
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-H = _helpers()
 
 
 def _assert_same(a: ad.AnnData, b: ad.AnnData) -> None:
@@ -43,9 +27,9 @@ def _assert_same(a: ad.AnnData, b: ad.AnnData) -> None:
 
 
 @pytest.mark.parametrize(("k", "min_corr"), [(5, 0.4), (10, 0.2), (40, 0.0)])
-def test_exact_matches_naive_corrcoef(X_corr, k, min_corr):
+def test_exact_matches_naive_corrcoef(X_corr, k, min_corr, helpers):
     rows, cols, absr = coexpression_topk_exact(X_corr, k, min_corr)
-    assert set(zip(rows.tolist(), cols.tolist(), strict=True)) == H.naive_edges(X_corr, k, min_corr)
+    assert set(zip(rows.tolist(), cols.tolist(), strict=True)) == helpers.naive_edges(X_corr, k, min_corr)
     with np.errstate(all="ignore"):
         R = np.corrcoef(X_corr.T.astype(np.float64))
     np.testing.assert_allclose(absr, np.abs(R[rows, cols]), atol=2e-5)
@@ -54,8 +38,8 @@ def test_exact_matches_naive_corrcoef(X_corr, k, min_corr):
 
 @pytest.mark.parametrize("fmt", ["dense", "csr", "csc", "coo"])
 @pytest.mark.parametrize("block_size", [1, 7, 32, 64, None])
-def test_exact_same_for_formats_and_blocks(X_corr, fmt, block_size):
-    ref = H.naive_edges(X_corr, 8, 0.3)
+def test_exact_same_for_formats_and_blocks(X_corr, fmt, block_size, helpers):
+    ref = helpers.naive_edges(X_corr, 8, 0.3)
     X = X_corr if fmt == "dense" else sparse.coo_matrix(X_corr).asformat(fmt)
     X_before = X.copy()
     rows, cols, _ = coexpression_topk_exact(X, 8, 0.3, block_size=block_size)
@@ -84,8 +68,8 @@ def test_approx_equals_exact_when_few_cells(X_corr):
 
 
 @pytest.mark.parametrize("fmt", ["dense", "csr"])
-def test_approx_recall_with_subsample(fmt):
-    X = H.correlated_counts(n_cells=600, n_genes=60, seed=3)
+def test_approx_recall_with_subsample(fmt, helpers):
+    X = helpers.correlated_counts(n_cells=600, n_genes=60, seed=3)
     X = X if fmt == "dense" else sparse.csr_matrix(X)
     exact = coexpression_topk_exact(X, 8, 0.3)
     approx = coexpression_topk_approx(X, 8, 0.3, n_sketch_cells=200)
@@ -102,7 +86,7 @@ def test_approx_recall_with_subsample(fmt):
 # --- build_gene_graph: stored fields ------------------------------------------------------------
 
 
-def test_build_fields_and_types(adata_sym, small_prior):
+def test_build_fields_and_types(adata_sym, small_prior, helpers):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # 5 of 90 genes covered: above the 5% warning threshold
         out = gh.pp.build_gene_graph(adata_sym, prior=small_prior, n_neighbors=5, min_corr=0.3)
@@ -143,7 +127,7 @@ def test_build_fields_and_types(adata_sym, small_prior):
     co = src.tocoo()
     is_co = co.data != 2
     co_edges = set(zip(co.row[is_co].tolist(), co.col[is_co].tolist(), strict=True))
-    assert co_edges == H.naive_edges(adata_sym.X.toarray(), 5, 0.3)
+    assert co_edges == helpers.naive_edges(adata_sym.X.toarray(), 5, 0.3)
 
 
 def test_low_prior_coverage_warns(adata_sym):
@@ -152,28 +136,28 @@ def test_low_prior_coverage_warns(adata_sym):
     assert adata_sym.uns["gene_graph"]["n_prior_edges"] == 1
 
 
-def test_prior_orientation_target_attends_to_tf(adata_sym, small_prior):
+def test_prior_orientation_target_attends_to_tf(adata_sym, small_prior, helpers):
     gh.pp.build_gene_graph(adata_sym, prior=small_prior, edges="prior")
     g = adata_sym.varp["gene_graph"]
     idx = {name: i for i, name in enumerate(adata_sym.var_names)}
     expected = {(idx["GENE10"], idx["GENE1"]), (idx["GENE11"], idx["GENE1"]), (idx["GENE20"], idx["GENE2"])}
-    assert H.graph_edges(adata_sym) == expected
+    assert helpers.graph_edges(adata_sym) == expected
     assert set(np.unique(adata_sym.varp["gene_graph_source"].data)) == {2}
     assert g[idx["GENE1"], idx["GENE10"]] == 0
 
 
-def test_symbol_matching_via_gene_symbols_and_case(adata_corr, small_prior):
+def test_symbol_matching_via_gene_symbols_and_case(adata_corr, small_prior, helpers):
     lower = small_prior.assign(source=small_prior["source"].str.lower())
     gh.pp.build_gene_graph(adata_corr, prior=lower, edges="prior", gene_symbols="feature_name")
     assert adata_corr.uns["gene_graph"]["n_prior_edges"] == 3
-    assert (90 + 10, 1) not in H.graph_edges(adata_corr)
-    assert (10, 1) in H.graph_edges(adata_corr)
+    assert (90 + 10, 1) not in helpers.graph_edges(adata_corr)
+    assert (10, 1) in helpers.graph_edges(adata_corr)
 
 
-def test_duplicated_symbols_all_receive_edges(adata_corr, small_prior):
+def test_duplicated_symbols_all_receive_edges(adata_corr, small_prior, helpers):
     adata_corr.var.loc[adata_corr.var_names[30], "feature_name"] = "GENE10"  # two genes named GENE10
     gh.pp.build_gene_graph(adata_corr, prior=small_prior, edges="prior", gene_symbols="feature_name")
-    edges = H.graph_edges(adata_corr)
+    edges = helpers.graph_edges(adata_corr)
     assert (10, 1) in edges and (30, 1) in edges
     assert adata_corr.uns["gene_graph"]["prior_edges_kept"] == 3
     assert adata_corr.uns["gene_graph"]["n_prior_edges"] == 4
@@ -190,7 +174,7 @@ def test_ensembl_symbol_mismatch_error(adata_corr, small_prior):
     assert adata_corr.uns["gene_graph"]["n_prior_edges"] == 0
 
 
-def test_ablation_switches(adata_sym, small_prior):
+def test_ablation_switches(adata_sym, small_prior, helpers):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         both = gh.pp.build_gene_graph(adata_sym, prior=small_prior, n_neighbors=5, min_corr=0.3, copy=True)
@@ -198,17 +182,17 @@ def test_ablation_switches(adata_sym, small_prior):
         adata_sym, prior=small_prior, n_neighbors=5, min_corr=0.3, edges="coexpression", copy=True
     )
     pr = gh.pp.build_gene_graph(adata_sym, prior=small_prior, edges="prior", copy=True)
-    e_both, e_co, e_pr = H.graph_edges(both), H.graph_edges(co), H.graph_edges(pr)
+    e_both, e_co, e_pr = helpers.graph_edges(both), helpers.graph_edges(co), helpers.graph_edges(pr)
     assert e_both == e_co | e_pr
     assert co.uns["gene_graph"]["n_prior_edges"] == 0 and co.uns["gene_graph"]["params"]["prior"] == "none"
     assert pr.uns["gene_graph"]["n_coexpression_edges"] == 0
     assert set(np.unique(co.varp["gene_graph_source"].data)) == {1}
 
 
-def test_prior_none_is_coexpression_only(adata_sym):
+def test_prior_none_is_coexpression_only(adata_sym, helpers):
     gh.pp.build_gene_graph(adata_sym, prior=None, n_neighbors=5, min_corr=0.3)
     assert adata_sym.uns["gene_graph"]["n_prior_edges"] == 0
-    assert H.graph_edges(adata_sym) == H.naive_edges(adata_sym.X.toarray(), 5, 0.3)
+    assert helpers.graph_edges(adata_sym) == helpers.naive_edges(adata_sym.X.toarray(), 5, 0.3)
 
 
 def test_prior_from_file(adata_sym, small_prior, tmp_path):
@@ -231,14 +215,14 @@ def test_default_prior_on_real_pbmc():
 
 
 @pytest.mark.parametrize("form", ["mask", "tuple", "tuple_list"])
-def test_cells_selection_equals_subset(adata_sym, form):
+def test_cells_selection_equals_subset(adata_sym, form, helpers):
     ref_mask = (adata_sym.obs["split"] == "ref").to_numpy()
     cells = {"mask": ref_mask, "tuple": ("split", "ref"), "tuple_list": ("split", ["ref"])}[form]
     gh.pp.build_gene_graph(adata_sym, prior=None, n_neighbors=6, min_corr=0.25, cells=cells)
     sub = adata_sym[ref_mask].copy()
     gh.pp.build_gene_graph(sub, prior=None, n_neighbors=6, min_corr=0.25)
-    assert H.graph_edges(adata_sym) == H.graph_edges(sub)
-    assert H.graph_edges(adata_sym) != H.naive_edges(adata_sym.X.toarray(), 6, 0.25)
+    assert helpers.graph_edges(adata_sym) == helpers.graph_edges(sub)
+    assert helpers.graph_edges(adata_sym) != helpers.naive_edges(adata_sym.X.toarray(), 6, 0.25)
     assert adata_sym.uns["gene_graph"]["params"]["n_cells"] == ref_mask.sum()
 
 
@@ -252,22 +236,22 @@ def test_copy_semantics(adata_sym):
     _assert_same(adata_sym, before)
 
 
-def test_layer_and_integer_upcast(adata_sym):
+def test_layer_and_integer_upcast(adata_sym, helpers):
     counts = np.rint(np.expm1(adata_sym.X.toarray()) * 10).astype(np.int64)
     adata_sym.layers["counts"] = counts
     gh.pp.build_gene_graph(adata_sym, layer="counts", prior=None, n_neighbors=5, min_corr=0.3)
-    assert H.graph_edges(adata_sym) == H.naive_edges(counts.astype(np.float64), 5, 0.3)
+    assert helpers.graph_edges(adata_sym) == helpers.naive_edges(counts.astype(np.float64), 5, 0.3)
     assert adata_sym.layers["counts"].dtype == np.int64
     assert adata_sym.uns["gene_graph"]["params"]["layer"] == "counts"
 
 
-def test_writes_h5ad(adata_sym, small_prior, tmp_path):
+def test_writes_h5ad(adata_sym, small_prior, tmp_path, helpers):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         gh.pp.build_gene_graph(adata_sym, prior=small_prior, n_neighbors=5, min_corr=0.3)
     adata_sym.write_h5ad(tmp_path / "a.h5ad")
     back = ad.read_h5ad(tmp_path / "a.h5ad")
-    assert H.graph_edges(back) == H.graph_edges(adata_sym)
+    assert helpers.graph_edges(back) == helpers.graph_edges(adata_sym)
     assert back.uns["gene_graph"]["n_edges"] == adata_sym.uns["gene_graph"]["n_edges"]
 
 
@@ -352,10 +336,10 @@ def test_not_anndata(adata_sym):
 
 
 @pytest.mark.parametrize("fmt", ["dense", "csr"])
-def test_exact_cell_chunks_identical(X_corr, fmt, monkeypatch):
+def test_exact_cell_chunks_identical(X_corr, fmt, monkeypatch, helpers):
     from genohoption.pp import _coexpression
 
     monkeypatch.setattr(_coexpression, "_CHUNK_BYTES", 4 * 16 * 37)  # 37 cells per chunk at block 16
     X = X_corr if fmt == "dense" else sparse.csr_matrix(X_corr)
     rows, cols, _ = coexpression_topk_exact(X, 8, 0.3, block_size=16)
-    assert set(zip(rows.tolist(), cols.tolist(), strict=True)) == H.naive_edges(X_corr, 8, 0.3)
+    assert set(zip(rows.tolist(), cols.tolist(), strict=True)) == helpers.naive_edges(X_corr, 8, 0.3)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib
 import pathlib
 import sys
 
@@ -15,18 +14,6 @@ from scipy import sparse
 import genohoption as gh
 from genohoption.pp import _coexpression
 from genohoption.pp._coexpression import coexpression_topk_exact, coexpression_topk_streamed
-
-
-def _helpers():
-    spec = importlib.util.spec_from_file_location(
-        "_pp_conftest", pathlib.Path(__file__).with_name("conftest.py")
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-H = _helpers()
 
 
 def _edges(rows, cols) -> set[tuple[int, int]]:
@@ -60,10 +47,10 @@ def _same_graph(a: ad.AnnData, b: ad.AnnData, key: str = "gene_graph") -> None:
 
 @pytest.mark.parametrize("fmt", ["dense", "csr"])
 @pytest.mark.parametrize(("k", "min_corr"), [(5, 0.4), (40, 0.0)])
-def test_streamed_equals_exact_and_naive(X_corr, fmt, k, min_corr, small_chunks):
+def test_streamed_equals_exact_and_naive(X_corr, fmt, k, min_corr, small_chunks, helpers):
     X = X_corr if fmt == "dense" else sparse.csr_matrix(X_corr)
     rows, cols, absr = coexpression_topk_streamed(X, k, min_corr, block_size=16)
-    naive = H.naive_edges(X_corr, k, min_corr)
+    naive = helpers.naive_edges(X_corr, k, min_corr)
     assert _edges(rows, cols) == naive
     er, ec, eabs = coexpression_topk_exact(X, k, min_corr, block_size=16)
     assert _edges(er, ec) == naive
@@ -73,18 +60,18 @@ def test_streamed_equals_exact_and_naive(X_corr, fmt, k, min_corr, small_chunks)
     np.testing.assert_allclose([a[e] for e in naive], [b[e] for e in naive], atol=2e-6)
 
 
-def test_streamed_cell_mask_and_constant_genes(X_corr, small_chunks):
+def test_streamed_cell_mask_and_constant_genes(X_corr, small_chunks, helpers):
     mask = np.arange(X_corr.shape[0]) % 3 != 0
     rows, cols, _ = coexpression_topk_streamed(X_corr, 8, 0.3, cell_mask=mask, block_size=32)
-    assert _edges(rows, cols) == H.naive_edges(X_corr[mask], 8, 0.3)
+    assert _edges(rows, cols) == helpers.naive_edges(X_corr[mask], 8, 0.3)
     assert not ({3, 7} & set(rows.tolist()) | {3, 7} & set(cols.tolist()))  # all-zero and constant genes
 
 
-def test_streamed_shift_keeps_highly_expressed_genes_exact(X_corr, small_chunks):
+def test_streamed_shift_keeps_highly_expressed_genes_exact(X_corr, small_chunks, helpers):
     # a large common offset makes raw moments cancel catastrophically; the per-gene shift avoids it
     X = X_corr.astype(np.float64) + 3000.0
     rows, cols, _ = coexpression_topk_streamed(X, 6, 0.3)
-    assert _edges(rows, cols) == H.naive_edges(X, 6, 0.3)
+    assert _edges(rows, cols) == helpers.naive_edges(X, 6, 0.3)
 
 
 # --- build_gene_graph on backed AnnData -------------------------------------------------------------
