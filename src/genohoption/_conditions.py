@@ -287,3 +287,72 @@ def condition_gene_indices(
 def control_mask(conditions: pd.Series | np.ndarray, control_value: str) -> np.ndarray:
     """Boolean mask of the control cells."""
     return np.asarray(pd.Series(conditions).astype(str) == control_value)
+
+
+def condition_list(conditions: str | Sequence[str]) -> tuple[list[str], bool]:
+    """Read the ``conditions`` argument of a ``predict_perturbation``: one condition or a list of them.
+
+    Returns
+    -------
+    The conditions as a list, and whether one condition (a string) was given.
+
+    Raises
+    ------
+    TypeError
+        If ``conditions`` is neither a string nor a non-empty list of strings.
+    """
+    single = isinstance(conditions, str)
+    conds = [conditions] if single else (list(conditions) if isinstance(conditions, Sequence) else None)
+    if not conds or not all(isinstance(c, str) for c in conds):
+        raise TypeError(f"conditions must be a condition string or a list of them, got {conditions!r}.")
+    return conds, single
+
+
+def perturbation_result(adata, conditions: list[str], single: bool, predictions: list[np.ndarray], *,
+                        key_prefix: str, record: dict, record_path: tuple[str, ...]):
+    """Write and return the predictions of a ``predict_perturbation`` call (the model's and the baselines').
+
+    Parameters
+    ----------
+    adata
+        The control cells predicted from, ``(n_obs, n_vars)``.
+    conditions, single
+        As returned by :func:`condition_list`.
+    predictions
+        One condition: ``[(n_obs, n_vars)]`` per-cell predictions. Several: one ``(n_vars,)`` mean profile
+        per condition.
+    key_prefix
+        Prefix of the layer of a single condition's predictions.
+    record
+        Parameters of the call, recorded in ``adata.uns["genohoption"]`` at ``record_path`` with the layer
+        written (``None`` for several conditions).
+    record_path
+        Keys of the record under ``adata.uns["genohoption"]``.
+
+    Returns
+    -------
+    One condition: the ``(n_obs, n_vars)`` float32 array, also written to
+    ``adata.layers[f"{key_prefix}{condition}"]``. Several: an AnnData ``(n_conditions, n_vars)`` of mean
+    profiles, ``obs_names`` = conditions, ``obs["n_cells"]``, ``var`` = ``adata.var``.
+
+    Raises
+    ------
+    TypeError
+        If ``adata.uns["genohoption"]`` is not a dict.
+    """
+    from anndata import AnnData
+
+    from ._validate import uns_entry
+
+    entry = uns_entry(adata, create=True)
+    for key in record_path[:-1]:
+        entry = entry.setdefault(key, {})
+    if single:
+        layer = f"{key_prefix}{conditions[0]}"
+        adata.layers[layer] = predictions[0]
+        entry[record_path[-1]] = {**record, "layer": layer}
+        return predictions[0]
+    entry[record_path[-1]] = {**record, "layer": None}
+    obs = pd.DataFrame({"n_cells": np.full(len(conditions), adata.n_obs)},
+                       index=pd.Index(conditions, name="condition"))
+    return AnnData(X=np.vstack(predictions).astype(np.float32), obs=obs, var=adata.var.copy())

@@ -15,6 +15,8 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from ._constants import UNS_KEY
+
 #: rows checked at a time for dense matrices (bounds the temporary memory of the checks)
 _CHECK_ELEMENTS = 2**24
 
@@ -356,6 +358,38 @@ def check_key(key: Any, what: str = "key_added") -> str:
     if not isinstance(key, str) or not key or "/" in key:
         raise ValueError(f"{what} must be a non-empty string without '/', got {key!r}.")
     return key
+
+
+def uns_entry(adata: AnnData, *, create: bool = False) -> dict:
+    """Return ``adata.uns["genohoption"]``, where the package records the parameters of its writes.
+
+    Parameters
+    ----------
+    adata
+        The AnnData written to.
+    create
+        Add an empty entry when there is none (only once everything is computed, right before writing).
+
+    Returns
+    -------
+    The entry itself (a dict; an empty new dict, not stored, when it is missing and ``create`` is false).
+
+    Raises
+    ------
+    TypeError
+        If ``adata.uns["genohoption"]`` exists and is not a dict.
+    """
+    entry = adata.uns.get(UNS_KEY)
+    if entry is None:
+        entry = {}
+        if create:
+            adata.uns[UNS_KEY] = entry
+    elif not isinstance(entry, dict):
+        raise TypeError(
+            f"adata.uns[{UNS_KEY!r}] is a {type(entry).__name__}, not a dict; rename or delete it before writing "
+            "results."
+        )
+    return entry
 
 
 GRAPH_FIX = "rebuild it (e.g. gh.pp.build_gene_graph) or repair the file"

@@ -19,7 +19,15 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .. import _constants as K
-from .._conditions import GeneUniverse, control_mask, gene_universe, parse_condition, parse_conditions
+from .._conditions import (
+    GeneUniverse,
+    condition_list,
+    control_mask,
+    gene_universe,
+    parse_condition,
+    parse_conditions,
+    perturbation_result,
+)
 from .._validate import (
     as_anndata,
     check_key,
@@ -28,6 +36,7 @@ from .._validate import (
     check_values,
     get_matrix,
     matrix_name,
+    uns_entry,
 )
 
 if TYPE_CHECKING:
@@ -193,21 +202,14 @@ class PerturbationBaseline:
         KeyError
             If the training layer is missing from ``adata``.
         """
-        from anndata import AnnData
-
         self._check_fitted()
         adata = as_anndata(adata)
         prefix = self.key_prefix if key_prefix is None else key_prefix
-        single = isinstance(conditions, str)
-        conds = [conditions] if single else (list(conditions) if isinstance(conditions, Sequence) else None)
-        if not conds or not all(isinstance(c, str) for c in conds):
-            raise TypeError(f"conditions must be a condition string or a list of them, got {conditions!r}.")
+        conds, single = condition_list(conditions)
         parse_conditions(conds, self.control_value)
         if single:
             check_key(f"{prefix}{conds[0]}", "the layer name key_prefix + condition")
-        uns = adata.uns.get(K.UNS_KEY, {})
-        if not isinstance(uns, dict):
-            raise TypeError(f"adata.uns[{K.UNS_KEY!r}] is a {type(uns).__name__}, not a dict; rename or delete it.")
+        uns_entry(adata)
         check_unique_var_names(adata)
         X = get_matrix(adata, self.layer)
         check_values(X, matrix_name(self.layer))
@@ -224,18 +226,12 @@ class PerturbationBaseline:
                   "n_training_conditions": len(self.training_conditions)}
         if single:
             dense = X.toarray() if sp.issparse(X) else np.asarray(X)
-            pred = (dense + effects[0]).astype(np.float32)
-            key = f"{prefix}{conds[0]}"
-            adata.layers[key] = pred
-            adata.uns.setdefault(K.UNS_KEY, {}).setdefault(K.UNS_PERTURBATION_BASELINE, {})[self.name] = {
-                **record, "layer": key}
-            return pred
-        mean = np.asarray(X.mean(0)).ravel().astype(np.float64)
-        profiles = np.stack([mean + e for e in effects]).astype(np.float32)
-        adata.uns.setdefault(K.UNS_KEY, {}).setdefault(K.UNS_PERTURBATION_BASELINE, {})[self.name] = {
-            **record, "layer": None}
-        obs = pd.DataFrame({"n_cells": np.full(len(conds), adata.n_obs)}, index=pd.Index(conds, name="condition"))
-        return AnnData(X=profiles, obs=obs, var=adata.var.copy())
+            predictions = [(dense + effects[0]).astype(np.float32)]
+        else:  # the mean of (cell + effect) over cells: mean + effect
+            mean = np.asarray(X.mean(0)).ravel().astype(np.float64)
+            predictions = [mean + e for e in effects]
+        return perturbation_result(adata, conds, single, predictions, key_prefix=prefix, record=record,
+                                   record_path=(K.UNS_PERTURBATION_BASELINE, self.name))
 
 
 class NoChangeBaseline(PerturbationBaseline):
