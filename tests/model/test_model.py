@@ -228,7 +228,7 @@ def test_save_load_keeps_history_graph_and_prefix(trained, tmp_path):
         np.testing.assert_allclose(loaded.history_[key].to_numpy(dtype=float), model.history_[key].to_numpy(dtype=float))
     n_edges = int(model.module.graph_indices.numel())
     assert n_edges > 0 and loaded.module.n_edges == n_edges
-    assert f"graph edges={n_edges}" in loaded._model_summary_string  # what repr(model) prints
+    assert f"gene graph edges: {n_edges:,}" in repr(loaded)
     # the saved AnnData came back registered: training can go on
     assert loaded.adata is not None and loaded.adata.n_obs == ref.n_obs and loaded.adata_manager is not None
     loaded.train(max_epochs=1, batch_size=32, enable_progress_bar=False)

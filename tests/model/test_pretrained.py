@@ -209,7 +209,7 @@ def test_scgpt_finetune_train_save_load(adata, tmp_path):
     rep = model.pretrained_report_
     assert {k for k, *_ in rep.shape_mismatches} == {"cls_decoder.out_layer.weight", "cls_decoder.out_layer.bias"}
     assert "encoder.embedding.weight" in rep.matched and "cls_decoder._decoder.0.weight" in rep.matched
-    assert "pretrained=" in repr(model) or "pretrained=" in model._model_summary_string
+    assert f"pretrained from {tmp_path / 'ckpt'}" in repr(model)
     model.train(**TRAIN)
     assert model.is_trained_
     before = model.predict(adata.copy())

@@ -129,7 +129,8 @@ def test_balanced_class_weights_and_label_smoothing(pbmc):
     ref = pbmc[:120].copy()
     gh.GenoHoptionModel.setup_anndata(ref, labels_key="bulk_labels")
     model = gh.GenoHoptionModel(ref, **SMALL)
-    plan = model._task.training_plan(class_weight="balanced", label_smoothing=0.1)
+    plan = model._task.training_plan(model.module, model.adata_manager, class_weight="balanced",
+                                     label_smoothing=0.1)
     codes = ref.obs["_scvi_labels"].to_numpy()
     counts = np.bincount(codes, minlength=model.summary_stats.n_labels)
     np.testing.assert_allclose(plan.class_weight.numpy(), len(codes) / (len(counts) * counts), rtol=1e-6)
@@ -141,9 +142,9 @@ def test_balanced_class_weights_and_label_smoothing(pbmc):
     want = F.cross_entropy(out["logits"], y, weight=plan.class_weight, label_smoothing=0.1)
     torch.testing.assert_close(got, want)
     with pytest.raises(ValueError, match="balanced"):
-        model._task.training_plan(class_weight="inverse")
+        model._task.training_plan(model.module, model.adata_manager, class_weight="inverse")
     with pytest.raises(ValueError, match="label_smoothing"):
-        model._task.training_plan(label_smoothing=1.0)
+        model._task.training_plan(model.module, model.adata_manager, label_smoothing=1.0)
 
 
 def test_cosine_schedule_with_warmup(pbmc):

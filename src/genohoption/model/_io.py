@@ -123,6 +123,31 @@ def save_model_files(dir_path: str | os.PathLike, state_dict: dict[str, torch.Te
     return paths
 
 
+def load_meta(dir_path: str | os.PathLike, prefix: str | None = None) -> dict:
+    """Read the metadata (``model.json``) of a saved model, without its weights.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file is missing.
+    ValueError
+        If it is damaged (not JSON, or required entries missing).
+    """
+    path = file_paths(dir_path, prefix)["meta"]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: pass the directory (and prefix) written by GenoHoptionModel.save().")
+    try:
+        meta = _decode(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{path} is damaged ({type(e).__name__}: {e}); save the model again.") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} is damaged (not a JSON object); save the model again.")
+    missing = [k for k in REQUIRED_META if not isinstance(meta.get(k), dict | str) or not meta.get(k)]
+    if missing:
+        raise ValueError(f"{path} is damaged (no valid {', '.join(missing)}); save the model again.")
+    return meta
+
+
 def load_model_files(dir_path: str | os.PathLike, prefix: str | None = None
                      ) -> tuple[dict[str, torch.Tensor], dict]:
     """Read what :func:`save_model_files` wrote, checking the weights against their sha256.
@@ -141,15 +166,7 @@ def load_model_files(dir_path: str | os.PathLike, prefix: str | None = None
             raise FileNotFoundError(
                 f"{paths[key]} not found: pass the directory (and prefix) written by GenoHoptionModel.save()."
             )
-    try:
-        meta = _decode(json.loads(paths["meta"].read_text()))
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError, KeyError) as e:
-        raise ValueError(f"{paths['meta']} is damaged ({type(e).__name__}: {e}); save the model again.") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{paths['meta']} is damaged (not a JSON object); save the model again.")
-    missing = [k for k in REQUIRED_META if not isinstance(meta.get(k), dict | str) or not meta.get(k)]
-    if missing:
-        raise ValueError(f"{paths['meta']} is damaged (no valid {', '.join(missing)}); save the model again.")
+    meta = load_meta(dir_path, prefix)
     data = paths["weights"].read_bytes()
     expected = meta.get("weights_sha256")
     if expected is not None and hashlib.sha256(data).hexdigest() != expected:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import copy
 import logging
-import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -11,24 +11,28 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
+import rich
+import rich.console
+import rich.pretty  # noqa: F401  (scvi-tools' printing of setup arguments uses it without importing it)
 from scvi import REGISTRY_KEYS
-from scvi import settings as scvi_settings
+from scvi.data import AnnDataManager
 from scvi.model._utils import parse_device_args
 from scvi.model.base import BaseModelClass
-from scvi.train import TrainRunner
 
 from .. import _constants as K
 from .._validate import as_anndata, check_csr_structure, check_graph, value_scale
 from ..module._annotation import CELL_EMBEDDINGS, GENE_TOKENS
 from ..nn._heads import INPUT_NORMS
+from ._annotation import AnnotationTask
 from ._backed import GenoHoptionDataManager
-from ._callbacks import PreciseBatchNorm
-from ._distributed import distributed_splitter_kwargs, is_global_zero, pin_split
-from ._io import file_paths, load_model_files, save_model_files
+from ._distributed import is_global_zero
+from ._fit import fit
+from ._io import file_paths, load_meta, load_model_files, save_model_files
+from ._perturbation import PerturbationTask
 from ._pretrained import map_genes, read_pretrained
-from ._resume import EpochSeed
-from ._task import task_class
-from ._training import RestoreBestWeights
+from ._pretraining import PretrainingTask, pretraining_run
+from ._query import Query, resolve_query
+from ._task import Task
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -36,6 +40,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Attention = Literal["ppr", "heat", "mask", "dense"]
+
+
+def task_class(setup_args: dict) -> type[Task]:
+    """Return the task chosen by the arguments of ``setup_anndata``.
+
+    ``perturbation_key`` given: perturbation; else ``labels_key`` given: annotation; else pretraining.
+    """
+    if setup_args.get("perturbation_key"):
+        return PerturbationTask
+    return AnnotationTask if setup_args.get("labels_key") is not None else PretrainingTask
 
 
 class GenoHoptionModel(BaseModelClass):
@@ -49,8 +63,10 @@ class GenoHoptionModel(BaseModelClass):
     Geneformer-style, trained from scratch or loaded from an official checkpoint (``pretrained=``).
 
     The task is chosen by :meth:`setup_anndata`: cell-type annotation (``labels_key``; :meth:`predict`,
-    :meth:`get_latent_representation`) or genetic perturbation prediction (``perturbation_key``;
-    :meth:`predict_perturbation`).
+    :meth:`get_latent_representation`, :meth:`pretrain`), genetic perturbation prediction
+    (``perturbation_key``; :meth:`predict_perturbation`), or self-supervised pretraining of a backbone
+    (``labels_key=None``; :meth:`train` pretrains, :meth:`save` writes a backbone that ``pretrained=``
+    reads).
 
     Parameters
     ----------
@@ -100,9 +116,9 @@ class GenoHoptionModel(BaseModelClass):
         (the backbone's cell embedding concatenated with a learned linear projection of the expression
         vector, see :class:`~genohoption.module.AnnotationModule`) or ``"cls"`` (the cell embedding
         alone, as scGPT). Default ``None``: ``"cls"`` with an official scGPT / Geneformer checkpoint
-        (whose classifier layers read the CLS embedding), else ``"cls+expr"``. The direct expression path lets a small model trained from scratch
-        use what a linear classifier sees while the graph-diffusion layers add what it cannot
-        (``benchmarks/README.md``, section annotation).
+        (whose classifier layers read the CLS embedding), else ``"cls+expr"``. The direct expression
+        path lets a small model trained from scratch use what a linear classifier sees while the
+        graph-diffusion layers add what it cannot.
     pretrained
         Directory of an official checkpoint of ``backbone`` (scGPT: ``best_model.pt``, ``args.json``,
         ``vocab.json``; Geneformer: Hugging Face BERT directory with its token and gene-median
@@ -132,7 +148,6 @@ class GenoHoptionModel(BaseModelClass):
         Scale of the registered expression values (``max``, ``mean_nonzero``, ``integer``; see
         :func:`genohoption._validate.value_scale`), saved with the model; :meth:`predict` and
         :meth:`get_latent_representation` warn when a query's values are clearly on another scale.
-        ``None`` for models saved before it was recorded.
     history_
         Per-epoch training metrics (dict of DataFrames): ``train_loss``, ``validation_loss``, and for
         annotation ``train_accuracy``, ``validation_accuracy``, ``validation_macro_f1``; for
@@ -205,12 +220,12 @@ class GenoHoptionModel(BaseModelClass):
             ids = adata.var[gene_symbols] if gene_symbols is not None else adata.var_names
             genes = map_genes(ids, checkpoint, source=f"adata.var[{gene_symbols!r}]" if gene_symbols else "var_names")
             backbone_config = {**checkpoint.backbone_config, "n_genes_matched": genes.n_matched}
+            pretrained = None  # the architecture (with the head chosen below) travels in backbone_config
         super().__init__(adata, registry=registry)
-        self.init_params_ = self._get_init_params(locals())
-        for part in ("non_kwargs", "kwargs"):
-            self.init_params_[part].pop("registry", None)
-        self.init_params_["non_kwargs"]["pretrained"] = None  # the architecture travels in backbone_config
-        self._task = task_class(self.registry_["setup_args"])(self)
+        task = task_class(self.registry_["setup_args"])
+        backbone_config = task.backbone_config(backbone_config, checkpoint, self.registry_)
+        self.init_params_ = self._get_init_params(locals())  # read once, never changed afterwards
+        self._task = task(self.registry_, self.params)
         graph = None
         if adata is not None:
             graph_key = self.registry_["setup_args"]["graph_key"]
@@ -220,15 +235,14 @@ class GenoHoptionModel(BaseModelClass):
                     "build one with gh.pp.build_gene_graph(adata) and set up again, or use attention='dense'."
                 )
             graph = check_graph(adata, graph_key) if graph_key is not None else None
-        self.pretrained_report_ = None
+        built = self._task.build_module(adata, graph, checkpoint, genes)
+        self.module = built.module
+        self.pretrained_report_ = built.report
         self.pretrain_history_: dict | None = None
-        self.module = self._task.build_module(adata, graph, self.params, checkpoint=checkpoint, genes=genes)
         # scale of the registered values (raw counts or log-normalised), compared with queries' at inference
         self.value_scale_ = (value_scale(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY))
                              if adata is not None else None)
-        if checkpoint is not None:  # the head decision is part of the architecture: save it
-            self.init_params_["non_kwargs"]["backbone_config"] = self.params["backbone_config"]
-        self._model_summary_string = self._task.summary()
+        self._model_summary_string = self._summary()
 
     # ------------------------------------------------------------------ set-up
     @classmethod
@@ -325,8 +339,8 @@ class GenoHoptionModel(BaseModelClass):
     # ------------------------------------------------------------------ properties
     @property
     def params(self) -> dict[str, Any]:
-        """The model's construction parameters (``init_params_`` flattened)."""
-        return {**self.init_params_["non_kwargs"], **self.init_params_["kwargs"]}
+        """The model's construction parameters (``init_params_`` flattened; a copy, changing it changes nothing)."""
+        return copy.deepcopy({**self.init_params_["non_kwargs"], **self.init_params_["kwargs"]})
 
     @property
     def task(self) -> str:
@@ -341,30 +355,62 @@ class GenoHoptionModel(BaseModelClass):
 
     @property
     def labels(self) -> np.ndarray:
-        """Cell types the classifier predicts, in logit order (annotation models)."""
+        """Cell types the classifier predicts, in logit order (annotation models).
+
+        Raises
+        ------
+        TypeError
+            For a model of another task.
+        """
+        if not isinstance(self._task, AnnotationTask):
+            raise self._task._wrong("labels")
         return self._task.labels
 
-    def _data(self, adata: AnnData | None) -> AnnData:
-        """Return ``adata`` (AnnData / MuData) as an AnnData, or the model's own data."""
+    def _resolve(self, adata: AnnData | None, *, warn_untrained: bool = True) -> Query:
+        """Check ``adata`` (default: the model's data) once and align its genes: what every task method gets.
+
+        Raises
+        ------
+        ValueError
+            If the model holds no data and none is given, or the query cannot be used (see
+            :func:`~genohoption.model._query.resolve_query`).
+        """
         if adata is None:
             if self.adata is None:
                 raise ValueError("This model holds no data: pass the AnnData to use, e.g. model.predict(adata).")
             adata = self.adata
-        adata = as_anndata(adata, allow_backed=True)
-        if adata.isbacked:
-            self._task.check_backed(adata, self.registry_["setup_args"]["layer"])
-        return adata
-
-    def _query(self, adata: AnnData | None) -> AnnData:
-        """Return the data to run inference on (see :meth:`_data`), warning if the model is untrained."""
-        adata = self._data(adata)
-        if not self.is_trained_ and self.pretrained_report_ is None:
+        query = resolve_query(adata, self.var_names, self.registry_["setup_args"]["layer"],
+                              reference_scale=self.value_scale_, check_backed=self._task.check_backed)
+        if warn_untrained and not self.is_trained_ and self.pretrained_report_ is None:
             warnings.warn(
                 "The model has not been trained (its weights are random): call model.train() first.",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=3,
             )
-        return adata
+        return query
+
+    def _summary(self) -> str:
+        """What ``repr(model)`` shows, one group of facts per line (scvi-tools adds the training status)."""
+        p = self.params
+        config = p.get("backbone_config") or {}
+        source = f", pretrained from {config['source']}" if "source" in config else ""
+        attention = {"ppr": f"ppr (n_hops={p['n_hops']}, alpha={p['alpha']})",
+                     "heat": f"heat (n_hops={p['n_hops']}, t={p['t']}{', normalised' if p['normalize_heat'] else ''})",
+                     }.get(p["attention"], p["attention"])
+        bb = self.module.backbone
+        stack = bb.transformer_encoder.layers if hasattr(bb, "transformer_encoder") else bb.encoder.layer
+        sizes = f"d_model={bb.d_model}, layers={len(stack)}"
+        facts = {"genes": self.summary_stats.n_vars, **self._task.describe(self.module),
+                 "gene graph edges": self.module.n_edges}
+        return "\n".join([
+            f"{type(self).__name__} ({self._task.name})",
+            f"  backbone: {p['backbone']}{source}, {sizes}",
+            f"  attention: {attention}",
+            "  " + ", ".join(f"{k}: {v:,}" if isinstance(v, int) else f"{k}: {v}" for k, v in facts.items()),
+        ])
+
+    def __repr__(self) -> str:
+        return self.summary_string
 
     # ------------------------------------------------------------------ training
     def train(
@@ -436,9 +482,7 @@ class GenoHoptionModel(BaseModelClass):
             :class:`~genohoption.model.RegressionTrainingPlan` or
             :class:`~genohoption.model.MaskedExpressionTrainingPlan`): ``optimizer``, ``lr_schedule``,
             ``warmup``, and for annotation ``class_weight`` (default ``"balanced"``; ``None`` for equal
-            weights) and ``label_smoothing``. For a small reference, ``train_size=1.0`` with a fixed
-            ``max_epochs`` (15 for the main job) did better than early stopping on a small validation
-            split (``benchmarks/README.md``).
+            weights) and ``label_smoothing``.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` (Lightning), e.g. ``enable_progress_bar``,
             ``callbacks``; ``ckpt_path`` (a checkpoint of :class:`~genohoption.model.TrainingCheckpoint`)
@@ -458,65 +502,11 @@ class GenoHoptionModel(BaseModelClass):
                 "This model holds no registered training data (it was loaded without them): load it with "
                 "GenoHoptionModel.load(dir_path, adata=reference) where reference has the model's genes and labels."
             )
-        for name, value in (("max_epochs", max_epochs), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if isinstance(train_size, bool) or not isinstance(train_size, int | float) or not 0 < train_size <= 1:
-            raise ValueError(f"train_size must be in (0, 1], got {train_size!r}.")
-        if validation_size is not None and (isinstance(validation_size, bool) or not isinstance(
-                validation_size, int | float) or not 0 <= validation_size < 1 or train_size + validation_size > 1):
-            raise ValueError(f"validation_size must be in [0, 1 - train_size], got {validation_size!r}.")
-        ckpt_path = trainer_kwargs.get("ckpt_path")
-        if ckpt_path is not None and not (ckpt_path in ("last", "best", "hpc", "registry")
-                                          or os.path.isfile(ckpt_path)):
-            raise FileNotFoundError(
-                f"ckpt_path={ckpt_path!r} is not a file; pass the checkpoint written by "
-                "genohoption.model.TrainingCheckpoint (its .path, e.g. 'ckpt_dir/last.ckpt')."
-            )
-        has_validation = train_size < 1 or (validation_size or 0) > 0
-        n_cells = self.adata_manager.adata.n_obs
-        n_train = math.ceil(train_size * n_cells)
-        n_val = n_cells - n_train if validation_size is None else math.floor(n_cells * validation_size)
-        if has_validation and n_val == 0:
-            warnings.warn(
-                f"{n_cells} cells leave no validation cell with train_size={train_size}: training on all of them for "
-                f"max_epochs={max_epochs} epochs, without early stopping or best-epoch weights; pass train_size=1.0 "
-                "to ask for this, or give more cells.",
-                UserWarning,
-                stacklevel=2,
-            )
-            has_validation, train_size, validation_size = False, 1.0, None
-        plan = self._task.training_plan(**{"lr": lr, "weight_decay": weight_decay, **(plan_kwargs or {})})
-        splitter = self._task.data_splitter_cls(
-            self.adata_manager, train_size=train_size, validation_size=validation_size, batch_size=batch_size,
-            **distributed_splitter_kwargs(trainer_kwargs.get("strategy"), datasplitter_kwargs),  # a shard per process
-        )
-        pin_split(splitter, trainer_kwargs.get("strategy"))  # DDP: one train / validation split for every process
-        callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
-        if not any(isinstance(c, PreciseBatchNorm) for c in callbacks):
-            callbacks.append(PreciseBatchNorm())  # a no-op for modules without BatchNorm
-        if has_validation and restore_best_weights and not any(isinstance(c, RestoreBestWeights) for c in callbacks):
-            callbacks.append(RestoreBestWeights("validation_loss", "min"))
-        if not any(isinstance(c, EpochSeed) for c in callbacks):  # each epoch's draws depend on (seed, epoch) only
-            callbacks.append(EpochSeed(scvi_settings.seed or 0))
-        trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
-        trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
-        if has_validation:
-            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        trainer_kwargs.setdefault("log_every_n_steps", 1)  # metrics are logged per epoch; no warning for few batches
-        self.module.train()  # a loaded model is in evaluation mode
-        runner = TrainRunner(
-            self,
-            training_plan=plan,
-            data_splitter=splitter,
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            early_stopping=early_stopping and has_validation,
-            callbacks=callbacks,
-            **trainer_kwargs,
-        )
-        return runner()
+        fit(self, self._task, max_epochs=max_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+            train_size=train_size, validation_size=validation_size, early_stopping=early_stopping,
+            early_stopping_patience=early_stopping_patience, restore_best_weights=restore_best_weights,
+            accelerator=accelerator, devices=devices, datasplitter_kwargs=datasplitter_kwargs,
+            plan_kwargs=plan_kwargs, trainer_kwargs=trainer_kwargs)
 
     def pretrain(
         self,
@@ -565,27 +555,26 @@ class GenoHoptionModel(BaseModelClass):
 
         Raises
         ------
+        TypeError
+            For a perturbation model, or a model set up for pretraining (its ``train`` pretrains).
         ValueError
             For a Geneformer backbone (only the scGPT-style backbone is pretrained here), a
             ``mask_ratio`` outside ``(0, 1)``, data that share no gene with the model, or backed data whose
             genes are not the model's in order.
         """
-        from ._pretraining import pretrain_backbone
-
-        if self.task == "perturbation":
-            raise TypeError("pretrain() applies to annotation models: " + self._task.wrong_method_hint)
-        if self.task == "pretraining":
-            raise TypeError("This model is set up for pretraining: call model.train() to pretrain it.")
-        adata = self._data(adata)
-        for name, value in (("max_epochs", max_epochs), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        self.pretrain_history_ = pretrain_backbone(
-            self, adata, mask_ratio=mask_ratio, max_epochs=max_epochs, batch_size=batch_size, lr=lr,
-            weight_decay=weight_decay, train_size=train_size, early_stopping=early_stopping,
-            early_stopping_patience=early_stopping_patience, accelerator=accelerator, devices=devices,
-            plan_kwargs=plan_kwargs, trainer_kwargs=trainer_kwargs,
-        )
+        if not isinstance(self._task, AnnotationTask):
+            hint = ("call model.train() to pretrain it" if isinstance(self._task, PretrainingTask)
+                    else self._task.wrong_method_hint)
+            raise TypeError(f"pretrain() applies to annotation models: {hint}")
+        if not 0.0 < float(mask_ratio) < 1.0:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio!r}.")
+        run, task = pretraining_run(self._resolve(adata, warn_untrained=False), self.module, mask_ratio=mask_ratio)
+        fit(run, task, max_epochs=max_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+            train_size=train_size, validation_size=None, early_stopping=early_stopping,
+            early_stopping_patience=early_stopping_patience, restore_best_weights=True, accelerator=accelerator,
+            devices=devices, datasplitter_kwargs=None, plan_kwargs=plan_kwargs, trainer_kwargs=trainer_kwargs)
+        self.module.eval()
+        self.pretrain_history_ = run.history_
 
     # ------------------------------------------------------------------ inference
     def get_latent_representation(self, adata: AnnData | None = None, *, batch_size: int = 128) -> np.ndarray:
@@ -620,7 +609,8 @@ class GenoHoptionModel(BaseModelClass):
             reference's (raw counts into a model trained on log-normalised data, or the reverse; see
             :attr:`value_scale_`).
         """
-        return self._task.get_latent_representation(adata, batch_size=batch_size)
+        self._task.require("get_latent_representation")
+        return self._task.get_latent_representation(self.module, self._resolve(adata), batch_size=batch_size)
 
     def predict(self, adata: AnnData | None = None, *, batch_size: int = 128,
                 key_added: str = K.PREDICTION_KEY) -> pd.Series:
@@ -678,7 +668,8 @@ class GenoHoptionModel(BaseModelClass):
             scale than the reference's (raw counts into a model trained on log-normalised data, or the
             reverse; see :attr:`value_scale_`).
         """
-        return self._task.predict(adata, batch_size=batch_size, key_added=key_added)
+        self._task.require("predict")
+        return self._task.predict(self.module, self._resolve(adata), batch_size=batch_size, key_added=key_added)
 
     def predict_perturbation(
         self,
@@ -738,7 +729,9 @@ class GenoHoptionModel(BaseModelClass):
         UserWarning
             If ``adata.obs`` has the model's perturbation column and some cells are not controls.
         """
-        return self._task.predict_perturbation(adata, conditions, batch_size=batch_size, key_prefix=key_prefix)
+        self._task.require("predict_perturbation")
+        return self._task.predict_perturbation(self.module, self._resolve(adata), conditions, batch_size=batch_size,
+                                               key_prefix=key_prefix)
 
     # ------------------------------------------------------------------ save / load
     def save(
@@ -747,15 +740,15 @@ class GenoHoptionModel(BaseModelClass):
         prefix: str | None = None,
         overwrite: bool = False,
         save_anndata: bool = False,
-        save_kwargs: dict | None = None,
         **anndata_write_kwargs,
     ) -> None:
         """Save weights (``model.safetensors``) and settings, registry and history (``model.json``); no pickle.
 
-        The signature is scvi-tools' :meth:`~scvi.model.base.BaseModelClass.save`, so scvi-tools'
-        checkpointing (``train(enable_checkpointing=True)``) works. ``model.json`` records the sha256 of
-        the weights, which :meth:`load` checks. In a multi-process run (``strategy="ddp"``, ``torchrun``,
-        SLURM) only the process of global rank 0 writes; the others return without writing.
+        The signature is scvi-tools' :meth:`~scvi.model.base.BaseModelClass.save` without ``save_kwargs``
+        (scvi-tools passes those to :func:`torch.save`; the weights here are written with safetensors), so
+        scvi-tools' checkpointing (``train(enable_checkpointing=True)``) works. ``model.json`` records the
+        sha256 of the weights, which :meth:`load` checks. In a multi-process run (``strategy="ddp"``,
+        ``torchrun``, SLURM) only the process of global rank 0 writes; the others return without writing.
 
         Parameters
         ----------
@@ -767,10 +760,8 @@ class GenoHoptionModel(BaseModelClass):
             Replace a model already saved there with this prefix.
         save_anndata
             Also write the model's AnnData to ``{prefix}adata.h5ad``.
-        save_kwargs
-            Unused (scvi-tools passes it to :func:`torch.save`; weights here are safetensors).
         **anndata_write_kwargs
-            Passed to :meth:`anndata.AnnData.write_h5ad`.
+            Passed to :meth:`anndata.AnnData.write_h5ad` (with ``save_anndata=True`` only).
 
         Raises
         ------
@@ -779,14 +770,22 @@ class GenoHoptionModel(BaseModelClass):
             ``dir_path`` is a file.
         ValueError
             If ``save_anndata`` is true but the model holds no AnnData, or ``prefix`` holds a ``/``.
+        TypeError
+            If ``save_kwargs`` is given, or AnnData writing arguments without ``save_anndata=True``.
         """
+        if "save_kwargs" in anndata_write_kwargs:
+            raise TypeError("save_kwargs is not used: the weights are written with safetensors, not torch.save; "
+                            "drop it.")
+        if anndata_write_kwargs and not save_anndata:
+            raise TypeError(f"{sorted(anndata_write_kwargs)} are arguments of AnnData.write_h5ad, used only with "
+                            "save_anndata=True.")
         if save_anndata and self.adata is None:
             raise ValueError("save_anndata=True, but the model holds no AnnData (it was loaded without one).")
         if not is_global_zero():  # multi-process training: every process runs the script, rank 0 writes
             return
         meta = {"class": type(self).__name__, "init_params": self.init_params_, "registry": self.registry_,
                 "history": self.history_, "pretrain_history": self.pretrain_history_,
-                "is_trained": bool(self.is_trained_), "value_scale": getattr(self, "value_scale_", None)}
+                "is_trained": bool(self.is_trained_), "value_scale": self.value_scale_}
         paths = save_model_files(dir_path, self.module.state_dict(), meta, prefix=prefix, overwrite=overwrite)
         if save_anndata:
             self.adata.write_h5ad(paths["adata"], **anndata_write_kwargs)
@@ -807,12 +806,14 @@ class GenoHoptionModel(BaseModelClass):
         dir_path
             Directory holding ``model.safetensors`` and ``model.json``.
         adata
-            Data to attach as the model's default for :meth:`predict` (otherwise ``adata.h5ad`` from
-            the directory, if saved). Its genes may be in another order or a subset: predictions align
-            them by name. It is registered with the saved registry (so that :meth:`train` can go on)
-            when it has the model's genes in order and labels (or conditions) among the saved ones; the
-            saved label order is kept. Otherwise (a view, no labels, new cell types, other genes) it is
-            only attached.
+            Data to attach as the model's default for :meth:`predict` and :meth:`train` (otherwise
+            ``adata.h5ad`` from the directory, if saved). It must hold every gene of the model. It is
+            registered with the saved registry (so that :meth:`train` can go on; the saved label order is
+            kept) when it has the model's genes in the model's order, its layer, and labels (or
+            conditions) among the saved ones; otherwise (a view, genes in another order, no labels, new
+            cell types) it is attached for inference only, and the reason is logged. To predict cells that
+            lack some of the model's genes, load without ``adata`` and pass them to :meth:`predict`, which
+            aligns genes by name.
         accelerator, device
             Where to put the model (scvi-tools / Lightning convention; ``"auto"`` picks a GPU if any).
         prefix
@@ -828,8 +829,8 @@ class GenoHoptionModel(BaseModelClass):
             If the files are missing.
         ValueError
             If the files are damaged (checksum, JSON, safetensors, NaN weights, a malformed gene graph,
-            weights that do not fit the saved settings) or were not written by this class, or ``prefix``
-            holds a ``/``.
+            weights that do not fit the saved settings) or were not written by this class, ``prefix``
+            holds a ``/``, or ``adata`` lacks genes of the model (the message names them).
         TypeError
             If ``adata`` is not an AnnData / MuData.
         """
@@ -880,20 +881,141 @@ class GenoHoptionModel(BaseModelClass):
         model.is_trained_ = bool(meta.get("is_trained", True))
         model.history_ = meta.get("history")
         model.pretrain_history_ = meta.get("pretrain_history")
-        model._model_summary_string = model._task.summary()
+        model._model_summary_string = model._summary()
         if adata is not None:
-            adata = as_anndata(adata, allow_backed=True)  # the saved AnnData read above
-            if model._task.can_register(adata, registry):
-                cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
-                model._adata_manager = model._get_most_recent_anndata_manager(adata, required=True)
-                model._register_manager_for_instance(model._adata_manager)
-            else:
-                logger.info("attached the AnnData for prediction only (it cannot take the model's registry)")
-            model._adata = adata
+            model._attach(adata)
         _, _, torch_device = parse_device_args(accelerator, device, return_device="torch",
                                                validate_single_device=True)
         model.to_device(torch_device)
         return model
+
+    def _attach(self, adata: AnnData) -> None:
+        """Make ``adata`` the model's data: registered with the model's registry when it can take it.
+
+        Raises
+        ------
+        ValueError
+            If ``adata`` lacks genes of the model (naming them).
+        """
+        missing = self.var_names.difference(adata.var_names.astype(str), sort=False)
+        if len(missing):
+            raise ValueError(
+                f"adata cannot be attached to the model: it lacks {len(missing)} of the model's {len(self.var_names)} "
+                f"genes (e.g. {missing[:5].tolist()}). Load without adata= and pass the cells to predict() / "
+                "get_latent_representation(), which align genes by name (missing genes count as not expressed), or "
+                "attach data that hold every model gene."
+            )
+        problems = self._task.registration_problems(adata, self.registry_)
+        if problems:
+            logger.info("attached the AnnData for inference only (it cannot take the model's registry: %s)",
+                        "; ".join(problems))
+        else:
+            type(self).setup_anndata(adata, source_registry=self.registry_, **self.registry_["setup_args"])
+            self._adata_manager = self._get_most_recent_anndata_manager(adata, required=True)
+            self._register_manager_for_instance(self._adata_manager)
+        self._adata = adata
+
+    # ------------------------------------------------------------------ scvi-tools class methods on saved models
+    @staticmethod
+    def load_registry(dir_path: str | os.PathLike, prefix: str | None = None) -> dict:
+        """Return the scvi-tools registry saved with a model (as scvi-tools' ``load_registry``).
+
+        Parameters
+        ----------
+        dir_path
+            Directory written by :meth:`save`.
+        prefix
+            Prefix of the file names given to :meth:`save`.
+
+        Returns
+        -------
+        The registry: ``setup_args`` (the arguments of :meth:`setup_anndata`), ``field_registries`` (genes,
+        label or condition categories), ``scvi_version``, ``model_name``.
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``model.json`` is missing.
+        ValueError
+            If it is damaged.
+        """
+        return load_meta(dir_path, prefix)["registry"]
+
+    @staticmethod
+    def view_setup_args(dir_path: str | os.PathLike, prefix: str | None = None) -> None:
+        """Print the arguments of :meth:`setup_anndata` saved with a model (as scvi-tools' ``view_setup_args``).
+
+        Parameters
+        ----------
+        dir_path
+            Directory written by :meth:`save`.
+        prefix
+            Prefix of the file names given to :meth:`save`.
+
+        Raises
+        ------
+        FileNotFoundError, ValueError
+            As :meth:`load_registry`.
+        """
+        AnnDataManager.view_setup_method_args(GenoHoptionModel.load_registry(dir_path, prefix))
+
+    def view_registry(self, hide_state_registries: bool = False) -> None:
+        """Print the registry: setup arguments, summary statistics, data registry (and each field's state).
+
+        Works on a model loaded without data too (from the saved registry). Overrides scvi-tools'
+        version, which reads an attribute its models do not have.
+
+        Parameters
+        ----------
+        hide_state_registries
+            Leave out the state of each field (genes, label categories).
+        """
+        if self.adata_manager is not None:
+            self.adata_manager.view_registry(hide_state_registries=hide_state_registries)
+            return
+        rich.print(f"Anndata setup with scvi-tools version {self.registry_['scvi_version']}.")
+        rich.print()
+        AnnDataManager.view_setup_method_args(self.registry_)
+        console = rich.console.Console()
+        console.print(AnnDataManager._view_summary_stats(self.summary_stats))
+        console.print(AnnDataManager._view_data_registry(
+            AnnDataManager._get_data_registry_from_registry(self.registry_)))
+
+    def update_setup_method_args(self, setup_method_args: dict) -> None:
+        """Update the setup arguments recorded in the model's registry (saved with :meth:`save`).
+
+        Overrides scvi-tools' version, which writes to an attribute its models do not have.
+
+        Parameters
+        ----------
+        setup_method_args
+            Arguments of :meth:`setup_anndata` to record, by name.
+
+        Raises
+        ------
+        KeyError
+            For a name that is not an argument of :meth:`setup_anndata`.
+        """
+        unknown = set(setup_method_args) - set(self.registry_["setup_args"])
+        if unknown:
+            raise KeyError(f"{sorted(unknown)} are not arguments of setup_anndata; known: "
+                           f"{sorted(self.registry_['setup_args'])}.")
+        self.registry_["setup_args"].update(setup_method_args)
+
+    @classmethod
+    def convert_legacy_save(cls, dir_path: str, output_dir_path: str, overwrite: bool = False,
+                            prefix: str | None = None, **save_kwargs) -> None:
+        """Not needed: every model this package saved is read by :meth:`load` (scvi-tools converts saves of
+        scvi-tools < 0.15, which never held a GenoHoptionModel).
+
+        Raises
+        ------
+        NotImplementedError
+            Always.
+        """
+        raise NotImplementedError(
+            f"{cls.__name__} has no legacy save format: load the directory with {cls.__name__}.load(dir_path)."
+        )
 
 
 def _check_init_args(backbone, attention, max_seq_len, d_model, n_heads, n_layers, d_hid, n_hops, cls_input_norm):

@@ -13,17 +13,22 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from scvi import REGISTRY_KEYS
-from scvi.data.fields import LayerField
 
 from .. import _constants as K
-from .._conditions import GeneUniverse, condition_gene_indices, control_mask, gene_universe
-from .._validate import check_graph, check_key, check_unique_var_names, check_values, get_matrix, matrix_name
+from .._conditions import (
+    GeneUniverse,
+    condition_gene_indices,
+    condition_list,
+    control_mask,
+    gene_universe,
+    perturbation_result,
+)
+from .._validate import check_key, get_matrix, uns_entry
 from ..module import PerturbationModule
 from ._perturbation_data import PerturbationDataSplitter, PerturbationField, registry_universe
 from ._pretrained import load_pretrained_weights
-from ._query import aligned_matrix, iter_rows
-from ._task import Task, backbone_kwargs, graph_tensors
+from ._query import Query, iter_rows
+from ._task import BuiltModule, Task, backbone_kwargs, graph_tensors
 from ._training import RegressionTrainingPlan
 
 if TYPE_CHECKING:
@@ -110,23 +115,17 @@ class PerturbationTask(Task):
         The gene universe (measured genes, ``prior`` network genes, ``extra_genes``) is built here and
         saved in the condition field's registry; a transferred registry (``transfer``) keeps its own.
         """
-        check_unique_var_names(adata)
-        check_values(get_matrix(adata, layer), matrix_name(layer))
+        expression = cls.expression_field(adata, transfer=transfer, layer=layer, graph_key=graph_key)
         universe = None  # transfer: the saved universe decides which genes can be perturbed
         if not transfer:
             universe = check_perturbation_setup(adata, perturbation_key, control_value, gene_symbols, prior,
                                                 extra_genes)
-        if graph_key is not None and not transfer:
-            check_graph(adata, graph_key)
-        return [
-            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
-            PerturbationField(K.PERT_KEY, perturbation_key, gene_symbols, control_value, universe),
-        ]
+        return [expression, PerturbationField(K.PERT_KEY, perturbation_key, gene_symbols, control_value, universe)]
 
     # ---------------------------------------------------------------- model
     @property
     def _state(self) -> dict:
-        return self.model.registry_["field_registries"][K.PERT_KEY]["state_registry"]
+        return self.registry["field_registries"][K.PERT_KEY]["state_registry"]
 
     @property
     def gene_symbols(self) -> np.ndarray:
@@ -138,23 +137,29 @@ class PerturbationTask(Task):
         """The genes the model can perturb: measured genes, then unmeasured genes with their edges."""
         return registry_universe(self._state)
 
-    def build_module(self, adata, graph, params: dict[str, Any], checkpoint=None, genes=None) -> PerturbationModule:
-        """:class:`~genohoption.module.PerturbationModule`, from scratch or with a pretrained scGPT backbone."""
+    def build_module(self, adata, graph, checkpoint=None, genes=None) -> BuiltModule:
+        """:class:`~genohoption.module.PerturbationModule`, from scratch or with a pretrained scGPT backbone.
+
+        Raises
+        ------
+        ValueError
+            For a backbone other than scGPT.
+        """
+        params = self.params
         if params["backbone"] != "scgpt":
             raise ValueError("Perturbation models use backbone='scgpt' (from scratch or pretrained=); drop backbone=.")
         control_mean = None
-        setup = self.model.registry_["setup_args"]
+        setup = self.setup_args
         if adata is not None:
             X = get_matrix(adata, setup["layer"])
             ctrl = control_mask(adata.obs[setup["perturbation_key"]], setup["control_value"])
             control_mean = torch.as_tensor(np.asarray(X[np.flatnonzero(ctrl)].mean(0)).ravel(), dtype=torch.float32)
-        n_genes = self.model.summary_stats.n_vars
-        indptr, indices = graph_tensors(graph, n_genes)
+        indptr, indices = graph_tensors(graph, self.n_vars)
         universe = self.universe
         table = condition_gene_indices(list(self._state["categorical_mapping"]), universe, setup["control_value"])
-        own = np.unique(table[table >= n_genes]) - n_genes  # unmeasured genes perturbed in the training data
+        own = np.unique(table[table >= self.n_vars]) - self.n_vars  # unmeasured genes perturbed in the training data
         module = PerturbationModule(
-            n_genes=n_genes,
+            n_genes=self.n_vars,
             graph_indptr=indptr,
             graph_indices=indices,
             control_mean=control_mean,
@@ -166,60 +171,41 @@ class PerturbationTask(Task):
             backbone_config=params.get("backbone_config"),
             **backbone_kwargs(params),
         )
-        self.model.pretrained_report_ = (
-            _load_pretrained(module, checkpoint, genes, universe) if checkpoint is not None else None
-        )
-        return module
+        report = _load_pretrained(module, checkpoint, genes, universe) if checkpoint is not None else None
+        return BuiltModule(module, report)
 
-    def training_plan(self, **plan_kwargs) -> RegressionTrainingPlan:
+    def training_plan(self, module, adata_manager, **plan_kwargs) -> RegressionTrainingPlan:
         """Regression plan (the module's MSE or GEARS loss)."""
-        return RegressionTrainingPlan(self.model.module, **plan_kwargs)
+        return RegressionTrainingPlan(module, **plan_kwargs)
 
-    def summary(self) -> str:
-        """Attention, sizes and loss."""
-        p = self.model.params
-        n_conditions = len(self.model.registry_["field_registries"][K.PERT_KEY]["state_registry"]["categorical_mapping"])
-        return (
-            f"GenoHoptionModel (perturbation): attention={p['attention']}, n_hops={p['n_hops']}, "
-            f"alpha={p['alpha']}, t={p['t']}, d_model={p['d_model']}, n_layers={p['n_layers']}, loss={p['loss']}, "
-            f"genes={self.model.summary_stats.n_vars} (+{self.model.module.n_extra} unmeasured genes that can be "
-            f"perturbed), conditions={n_conditions}, graph edges={self.model.module.n_edges}"
-        )
+    def describe(self, module) -> dict[str, Any]:
+        """Conditions, loss and the unmeasured genes that can be perturbed."""
+        return {"conditions": len(self._state["categorical_mapping"]), "unmeasured genes": module.n_extra,
+                "loss": self.params["loss"]}
 
     # ---------------------------------------------------------------- prediction
     @torch.inference_mode()
-    def _predict_condition(self, X, pert_genes: np.ndarray, batch_size: int) -> np.ndarray:
+    def _predict_condition(self, module, X, pert_genes: np.ndarray, batch_size: int) -> np.ndarray:
         """``(n_obs, n_genes)`` predicted expression of every gene for one condition, in model gene order."""
-        model = self.model
-        model.module.eval()
+        module.eval()
         out = np.empty(X.shape, dtype=np.float32)
-        pg = torch.as_tensor(pert_genes, dtype=torch.int64, device=model.device)
+        pg = torch.as_tensor(pert_genes, dtype=torch.int64, device=module.device)
         start = 0
-        for x in iter_rows(X, batch_size, model.device):
-            pred = model.module.predict(x, pg.expand(x.shape[0], -1))
+        for x in iter_rows(X, batch_size, module.device):
+            pred = module.predict(x, pg.expand(x.shape[0], -1))
             out[start : start + x.shape[0]] = pred.float().cpu().numpy()
             start += x.shape[0]
         return out
 
-    def predict_perturbation(self, adata: AnnData, conditions: str | Sequence[str], *, batch_size: int = 128,
+    def predict_perturbation(self, module, query: Query, conditions: str | Sequence[str], *, batch_size: int = 128,
                              key_prefix: str = K.PERTURBATION_LAYER_PREFIX) -> np.ndarray | AnnData:
         """Predict perturbed expression (see :meth:`GenoHoptionModel.predict_perturbation`)."""
-        from anndata import AnnData
-
-        model = self.model
-        adata = model._query(adata)
-        single = isinstance(conditions, str)
-        conds = [conditions] if single else (list(conditions) if isinstance(conditions, Sequence) else None)
-        if not conds or not all(isinstance(c, str) for c in conds):
-            raise TypeError(f"conditions must be a condition string or a list of them, got {conditions!r}.")
+        adata = query.adata
+        conds, single = condition_list(conditions)
         if single:
             check_key(f"{key_prefix}{conds[0]}", "the layer name key_prefix + condition")
-        uns = adata.uns.get(K.UNS_KEY, {})
-        if not isinstance(uns, dict):
-            raise TypeError(
-                f"adata.uns[{K.UNS_KEY!r}] is a {type(uns).__name__}, not a dict; rename or delete it first."
-            )
-        setup = model.registry_["setup_args"]
+        uns_entry(adata)
+        setup = self.setup_args
         control_value = setup["control_value"]
         pert_key = setup.get("perturbation_key")
         if pert_key in adata.obs and not control_mask(adata.obs[pert_key], control_value).all():
@@ -232,16 +218,14 @@ class PerturbationTask(Task):
                 stacklevel=3,
             )
         table = condition_gene_indices(conds, self.universe, control_value, what="conditions")
-        layer = setup["layer"]
-        X = aligned_matrix(adata, model.var_names, layer)
         query_genes = adata.var_names.astype(str)
-        same_genes = query_genes.equals(model.var_names)
+        same_genes = query_genes.equals(query.var_names)
         if not same_genes:
-            pos = model.var_names.get_indexer(query_genes)  # adata gene -> model gene (-1: absent)
-            base = get_matrix(adata, layer)
+            pos = query.var_names.get_indexer(query_genes)  # adata gene -> model gene (-1: absent)
+            base = get_matrix(adata, query.layer)
         results = []
         for row in table:
-            pred = self._predict_condition(X, row[None, :], batch_size)
+            pred = self._predict_condition(module, query.X, row[None, :], batch_size)
             if not same_genes:
                 full = base.toarray() if sp.issparse(base) else np.array(base, dtype=np.float32, copy=True)
                 full = full.astype(np.float32, copy=False)
@@ -250,22 +234,13 @@ class PerturbationTask(Task):
                 pred = full
             results.append(pred if single else pred.mean(0))
             del pred
-        record = {
-            "conditions": conds,
-            "attention": model.params["attention"],
-            "n_genes_matched": int(query_genes.isin(model.var_names).sum()),
-            "control_value": control_value,
-        }
-        uns = adata.uns.setdefault(K.UNS_KEY, {})
+        record = {"conditions": conds, "attention": self.params["attention"],
+                  "n_genes_matched": query.n_genes_matched, "control_value": control_value}
+        result = perturbation_result(adata, conds, single, results, key_prefix=key_prefix, record=record,
+                                     record_path=(K.UNS_PREDICT_PERTURBATION,))
         if single:
-            key = f"{key_prefix}{conds[0]}"
-            adata.layers[key] = results[0]
-            uns[K.UNS_PREDICT_PERTURBATION] = {**record, "layer": key}
-            logger.info("wrote adata.layers[%r]", key)
-            return results[0]
-        uns[K.UNS_PREDICT_PERTURBATION] = {**record, "layer": None}
-        obs = pd.DataFrame({"n_cells": np.full(len(conds), adata.n_obs)}, index=pd.Index(conds, name="condition"))
-        return AnnData(X=np.vstack(results).astype(np.float32), obs=obs, var=adata.var.copy())
+            logger.info("wrote adata.layers[%r]", f"{key_prefix}{conds[0]}")
+        return result
 
 
 HEAD_PREFIXES = ("decoder.", "pert_encoder.")

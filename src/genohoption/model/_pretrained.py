@@ -543,11 +543,12 @@ def _mapped_source(key: str, backbone: str) -> str:
 
 
 def load_pretrained_weights(module: nn.Module, checkpoint: PretrainedCheckpoint, genes: GeneMapping) -> PretrainedReport:
-    """Copy a checkpoint's weights into an :class:`~genohoption.module.AnnotationModule`, strictly.
+    """Copy a checkpoint's weights into a task module's backbone, strictly, and its head where it fits.
 
-    Every backbone parameter must come from the checkpoint with the same shape; the gene-vocabulary
-    buffers are set from ``genes``; the classifier head (``cls_decoder``) is loaded where its shapes
-    match and re-initialised otherwise (reported).
+    Every backbone parameter of ``module`` (an :class:`~genohoption.module.AnnotationModule` or a
+    :class:`~genohoption.module.PerturbationModule`) must come from the checkpoint with the same shape; the
+    gene-vocabulary buffers are set from ``genes``; the classifier head (``cls_decoder``) of an annotation
+    module is loaded where its shapes match and re-initialised otherwise (reported).
 
     Parameters
     ----------

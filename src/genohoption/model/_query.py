@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -12,19 +13,93 @@ import scipy.sparse as sp
 import torch
 
 from .._validate import (
+    as_anndata,
     check_row_access,
     check_unique_var_names,
+    check_value_scale,
     check_values,
     get_matrix,
     is_backed_matrix,
     matrix_name,
+    value_scale,
 )
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
 
-def aligned_matrix(adata: AnnData, var_names: pd.Index, layer: str | None):
+@dataclass(frozen=True)
+class Query:
+    """Cells to run a model on, resolved once by the model and handed to its task.
+
+    Attributes
+    ----------
+    adata
+        The AnnData the results are written to (a MuData's ``"rna"`` modality; a view stays a view).
+    X
+        ``(n_obs, n_model_genes)`` expression in the model's gene order (:func:`aligned_matrix`): in
+        memory, or read from disk a minibatch at a time (backed AnnData).
+    layer
+        Layer the expression was read from (``None``: ``X``).
+    var_names
+        The model's genes, in model order.
+    """
+
+    adata: AnnData
+    X: Any
+    layer: str | None
+    var_names: pd.Index
+
+    @property
+    def n_genes_matched(self) -> int:
+        """Genes of the query that are model genes."""
+        return int(self.adata.var_names.astype(str).isin(self.var_names).sum())
+
+
+def resolve_query(adata: Any, var_names: pd.Index, layer: str | None, *, reference_scale: dict | None,
+                  check_backed) -> Query:
+    """Check a query once and align its genes to the model's: the one entry of inference.
+
+    Parameters
+    ----------
+    adata
+        AnnData or MuData (its ``"rna"`` modality), possibly backed.
+    var_names
+        The model's genes, in model order.
+    layer
+        The model's layer (``None``: ``X``).
+    reference_scale
+        :func:`~genohoption._validate.value_scale` of the training data (``model.value_scale_``); a query
+        clearly on another scale gets a warning. ``None``: not compared.
+    check_backed
+        The task's check of a backed AnnData (raises where the task cannot read one).
+
+    Returns
+    -------
+    The :class:`Query`.
+
+    Raises
+    ------
+    TypeError
+        If ``adata`` is not an AnnData / MuData.
+    ValueError
+        If the query has no cells, shares no gene with the model, has duplicated gene names or bad
+        values, or is a backed AnnData the task cannot read.
+    KeyError
+        If ``layer`` is missing.
+    """
+    adata = as_anndata(adata, allow_backed=True)
+    if adata.isbacked:
+        check_backed(adata, layer)
+    if adata.n_obs == 0:
+        raise ValueError("The query has no cells (n_obs = 0); pass at least one cell (check the filter that "
+                         "selected them).")
+    X = aligned_matrix(adata, var_names, layer, stacklevel=5)
+    check_value_scale(reference_scale, value_scale(X), "The query", stacklevel=5)
+    return Query(adata, X, layer, var_names)
+
+
+def aligned_matrix(adata: AnnData, var_names: pd.Index, layer: str | None, *, stacklevel: int = 2):
     """Expression of ``adata`` in the order of ``var_names``; genes missing from ``adata`` are zero.
 
     Parameters
@@ -35,6 +110,8 @@ def aligned_matrix(adata: AnnData, var_names: pd.Index, layer: str | None):
         The model's genes, in model order.
     layer
         Layer with the expression (``None``: ``adata.X``).
+    stacklevel
+        Of the warning about few shared genes (:func:`warnings.warn`).
 
     Returns
     -------
@@ -74,7 +151,7 @@ def aligned_matrix(adata: AnnData, var_names: pd.Index, layer: str | None):
             f"Only {present.size} of the model's {var_names.size} genes are in the query; the rest are "
             "treated as not expressed.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=stacklevel,
         )
     select = sp.csr_matrix(
         (np.ones(present.size, np.float32), (np.arange(present.size), present)),

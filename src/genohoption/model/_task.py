@@ -1,21 +1,34 @@
-"""What a task (annotation, perturbation) provides to :class:`~genohoption.GenoHoptionModel`.
+"""What a task (annotation, perturbation, pretraining) provides to :class:`~genohoption.GenoHoptionModel`.
 
-The task is chosen once, from the arguments of ``setup_anndata`` (``perturbation_key`` given or not),
-and the model delegates to it: registration fields, module, data splitter, training plan, and the
-task's inference methods. A method of the other task raises a ``TypeError`` that names the right one.
+The task is chosen once, from the arguments of ``setup_anndata`` (:func:`task_class` in ``_model.py``),
+and the model hands it what it needs: a task object holds the model's fixed facts (its registry and
+construction parameters, read-only), gets the module and the resolved query as arguments, and returns
+results. It never holds the model and never writes onto it. A method of another task raises a
+``TypeError`` that names the right one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 from scvi import REGISTRY_KEYS
+from scvi.data.fields import LayerField
 from scvi.dataloaders import DataSplitter
 
-from .._validate import check_row_access, get_matrix, matrix_name
+from .._validate import (
+    check_graph,
+    check_row_access,
+    check_unique_var_names,
+    check_values,
+    get_matrix,
+    matrix_name,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -23,7 +36,24 @@ if TYPE_CHECKING:
     from scipy import sparse
 
     from ..module._base import TaskModule
-    from ._model import GenoHoptionModel
+    from ._pretrained import GeneMapping, PretrainedCheckpoint, PretrainedReport
+    from ._query import Query
+
+
+@dataclass(frozen=True)
+class BuiltModule:
+    """What :meth:`Task.build_module` returns.
+
+    Attributes
+    ----------
+    module
+        The task's module, with pretrained weights loaded when a checkpoint was given.
+    report
+        What was loaded from the checkpoint (:class:`~genohoption.model.PretrainedReport`), or ``None``.
+    """
+
+    module: TaskModule
+    report: PretrainedReport | None = None
 
 
 class Task:
@@ -31,8 +61,10 @@ class Task:
 
     Parameters
     ----------
-    model
-        The model this task serves.
+    registry
+        The model's scvi-tools registry (``model.registry_``).
+    params
+        The model's construction parameters (``model.init_params_`` flattened); kept read-only.
     """
 
     name: ClassVar[str] = "task"
@@ -41,18 +73,56 @@ class Task:
     #: whether the task trains and infers on a backed AnnData (``anndata.read_h5ad(path, backed="r")``),
     #: reading minibatches of cells from disk
     supports_backed: ClassVar[bool] = True
+    #: ``(setup argument naming the obs column, registry field key)`` of the task's categorical field,
+    #: or ``None`` for a task without one
+    categorical_field: ClassVar[tuple[str, str] | None] = None
 
-    def __init__(self, model: GenoHoptionModel):
-        self.model = model
+    def __init__(self, registry: dict, params: Mapping[str, Any]):
+        self.registry = registry
+        self.params = MappingProxyType(dict(params))
+
+    # ---------------------------------------------------------------- facts of the model
+    @property
+    def setup_args(self) -> dict:
+        """Arguments given to ``setup_anndata``."""
+        return self.registry["setup_args"]
+
+    @property
+    def var_names(self) -> pd.Index:
+        """Genes of the model, in model order (as strings)."""
+        names = self.registry["field_registries"][REGISTRY_KEYS.X_KEY]["state_registry"]["column_names"]
+        return pd.Index(np.asarray(names, dtype=str))
+
+    @property
+    def n_vars(self) -> int:
+        """Number of genes of the model."""
+        return len(self.var_names)
 
     # ---------------------------------------------------------------- set-up (class level)
     @classmethod
-    def setup_fields(cls, adata: AnnData, *, transfer: bool, **setup_args) -> list:
-        """Validate ``adata`` for this task and return the scvi-tools fields to register.
+    def expression_field(cls, adata: AnnData, *, transfer: bool, layer: str | None,
+                         graph_key: str | None) -> LayerField:
+        """Check what every task registers (unique genes, values, gene graph) and return the expression field.
 
-        ``transfer`` is true when the registration copies a saved model's registry (load): then the
-        training-only checks (labels, graph) are skipped or relaxed.
+        ``transfer`` is true when a saved model's registry is copied (load): the graph is then not
+        required (the saved weights bring it).
+
+        Raises
+        ------
+        ValueError
+            For duplicated ``var_names``, NaN / negative / non-finite values, or an invalid graph.
+        KeyError
+            If ``layer`` or ``graph_key`` is missing.
         """
+        check_unique_var_names(adata)
+        check_values(get_matrix(adata, layer), matrix_name(layer))
+        if graph_key is not None and not transfer:
+            check_graph(adata, graph_key)
+        return LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False)
+
+    @classmethod
+    def setup_fields(cls, adata: AnnData, *, transfer: bool, **setup_args) -> list:
+        """Validate ``adata`` for this task and return the scvi-tools fields to register."""
         raise NotImplementedError
 
     @classmethod
@@ -80,84 +150,88 @@ class Task:
         check_row_access(get_matrix(adata, layer), matrix_name(layer))
 
     @classmethod
-    def backed_ok(cls, adata: AnnData, layer: str | None) -> bool:
-        """Whether :meth:`check_backed` accepts ``adata``."""
-        try:
-            cls.check_backed(adata, layer)
-        except (KeyError, TypeError, ValueError):
-            return False
-        return True
+    def registration_problems(cls, adata: AnnData, registry: dict) -> list[str]:
+        """Why ``adata`` cannot take a saved model's registry (empty: it can, so training can go on).
 
-    #: ``(setup argument naming the obs column, registry field key)`` of the task's categorical field
-    categorical_field: ClassVar[tuple[str, str]] = ("", "")
-
-    @classmethod
-    def can_register(cls, adata: AnnData, registry: dict) -> bool:
-        """Whether ``adata`` can take a saved model's registry (so that training can go on).
-
-        It must not be a view, must have the model's genes in order and its layer, and its categorical
-        column (cell types or conditions) must hold only categories the model was trained on.
+        It must not be a view, must have the model's genes in the model's order and its layer, and its
+        categorical column (cell types or conditions) must hold only categories the model was trained on.
         """
         setup = registry["setup_args"]
-        setup_key, field_key = cls.categorical_field
-        obs_key, layer = setup[setup_key], setup["layer"]
         fields = registry["field_registries"]
-        genes = fields[REGISTRY_KEYS.X_KEY]["state_registry"]["column_names"]
-        known = fields[field_key]["state_registry"]["categorical_mapping"]
-        if adata.is_view or obs_key not in adata.obs or (layer is not None and layer not in adata.layers):
-            return False
-        if adata.isbacked and not cls.backed_ok(adata, layer):
-            return False
-        values = adata.obs[obs_key]
-        return (
-            not values.isna().any()
-            and bool(pd.Index(values.astype(str).unique()).isin(np.asarray(known, dtype=str)).all())
-            and adata.var_names.astype(str).equals(pd.Index(np.asarray(genes, dtype=str)))
-        )
+        genes = pd.Index(np.asarray(fields[REGISTRY_KEYS.X_KEY]["state_registry"]["column_names"], dtype=str))
+        layer = setup["layer"]
+        problems = []
+        if adata.is_view:
+            problems.append("it is a view (pass adata.copy())")
+        if layer is not None and layer not in adata.layers:
+            problems.append(f"it has no layer {layer!r}")
+        if not adata.var_names.astype(str).equals(genes):
+            problems.append("its genes are not the model's genes in the model's order")
+        if cls.categorical_field is not None:
+            setup_key, field_key = cls.categorical_field
+            obs_key = setup[setup_key]
+            known = np.asarray(fields[field_key]["state_registry"]["categorical_mapping"], dtype=str)
+            if obs_key not in adata.obs:
+                problems.append(f"adata.obs has no column {obs_key!r}")
+            else:
+                values = adata.obs[obs_key]
+                new = pd.Index(values.dropna().astype(str).unique()).difference(known)
+                if values.isna().any():
+                    problems.append(f"adata.obs[{obs_key!r}] has missing values")
+                if len(new):
+                    problems.append(f"adata.obs[{obs_key!r}] holds categories the model does not know "
+                                    f"({new[:3].tolist()})")
+        if adata.isbacked and not problems:
+            try:
+                cls.check_backed(adata, layer)
+            except (KeyError, TypeError, ValueError) as e:
+                problems.append(str(e.args[0] if e.args else e))
+        return problems
+
+    @classmethod
+    def backbone_config(cls, config: dict | None, checkpoint: PretrainedCheckpoint | None,
+                        registry: dict) -> dict | None:
+        """The architecture of a pretrained backbone as saved with the model (a new dict; default: as read)."""
+        return None if config is None else dict(config)
 
     # ---------------------------------------------------------------- model construction
-    def build_module(self, adata: AnnData | None, graph: sparse.csr_matrix | None, params: dict[str, Any]
-                     ) -> TaskModule:
+    def build_module(self, adata: AnnData | None, graph: sparse.csr_matrix | None,
+                     checkpoint: PretrainedCheckpoint | None = None,
+                     genes: GeneMapping | None = None) -> BuiltModule:
         """Create the task's module (``graph`` is ``None`` when loading: the saved weights bring it)."""
         raise NotImplementedError
 
-    def training_plan(self, **plan_kwargs) -> LightningModule:
-        """Lightning module that trains :attr:`model.module`."""
+    def training_plan(self, module: TaskModule, adata_manager, **plan_kwargs) -> LightningModule:
+        """Lightning module that trains ``module`` on the registered data of ``adata_manager``."""
         raise NotImplementedError
 
-    def summary(self) -> str:
-        """One-line description of the model (printed by ``repr(model)``)."""
-        raise NotImplementedError
+    def describe(self, module: TaskModule) -> dict[str, Any]:
+        """Facts shown by ``repr(model)``: task-specific sizes (name → value)."""
+        return {}
 
     # ---------------------------------------------------------------- inference (per task)
     def _wrong(self, method: str) -> TypeError:
         return TypeError(f"{method}() does not apply to this model: {self.wrong_method_hint}")
 
-    def predict(self, *args, **kwargs):
+    def require(self, method: str) -> None:
+        """Raise the ``TypeError`` naming the right method unless this task provides ``method``.
+
+        The model calls it before it reads any data, so a wrong call fails at once.
+        """
+        if getattr(type(self), method) is getattr(Task, method):
+            raise self._wrong(method)
+
+    def predict(self, module: TaskModule, query: Query, **kwargs):
         """Cell types (annotation models)."""
         raise self._wrong("predict")
 
-    def get_latent_representation(self, *args, **kwargs):
-        """Cell embeddings (annotation models)."""
+    def get_latent_representation(self, module: TaskModule, query: Query, **kwargs) -> np.ndarray:
+        """Cell embeddings (annotation and pretraining models)."""
         raise self._wrong("get_latent_representation")
 
-    def predict_perturbation(self, *args, **kwargs):
+    def predict_perturbation(self, module: TaskModule, query: Query, conditions, **kwargs):
         """Perturbed expression (perturbation models)."""
         raise self._wrong("predict_perturbation")
-
-
-def task_class(setup_args: dict) -> type[Task]:
-    """Return the task class chosen by the arguments of ``setup_anndata``.
-
-    ``perturbation_key`` given: perturbation; else ``labels_key`` given: annotation; else pretraining.
-    """
-    from ._annotation import AnnotationTask
-    from ._perturbation import PerturbationTask
-    from ._pretraining import PretrainingTask
-
-    if setup_args.get("perturbation_key"):
-        return PerturbationTask
-    return AnnotationTask if setup_args.get("labels_key") is not None else PretrainingTask
 
 
 def graph_tensors(graph: sparse.csr_matrix | None, n_genes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,7 +241,7 @@ def graph_tensors(graph: sparse.csr_matrix | None, n_genes: int) -> tuple[torch.
     return torch.from_numpy(graph.indptr.astype(np.int64)), torch.from_numpy(graph.indices.astype(np.int64))
 
 
-def backbone_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+def backbone_kwargs(params: Mapping[str, Any]) -> dict[str, Any]:
     """Return the backbone's sizes, dropout and attention arguments, from the model's parameters."""
     return {
         "d_model": params["d_model"], "n_heads": params["n_heads"], "n_layers": params["n_layers"],

@@ -105,6 +105,18 @@ class _SupervisedTrainingPlan(LightningModule):
     def _log(self, name: str, value, batch_size: int, prog_bar: bool = False) -> None:
         self.log(name, value, on_step=False, on_epoch=True, prog_bar=prog_bar, batch_size=batch_size, sync_dist=True)
 
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        """Loss of a minibatch, with the plan's metrics logged under ``{stage}_...``."""
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx):
+        """Loss on a training minibatch."""
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        """Loss on a validation minibatch."""
+        return self._step(batch, "validation")
+
 
 class ClassificationTrainingPlan(_SupervisedTrainingPlan):
     """Train a classifier with cross-entropy; log loss, accuracy and macro F1 per epoch.
@@ -143,7 +155,8 @@ class ClassificationTrainingPlan(_SupervisedTrainingPlan):
         self.validation_accuracy = MulticlassAccuracy(n_classes, average="micro")
         self.validation_macro_f1 = MulticlassF1Score(n_classes, average="macro")
 
-    def _step(self, batch: dict[str, torch.Tensor], train: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _classify(self, batch: dict[str, torch.Tensor], train: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         labels = batch[REGISTRY_KEYS.LABELS_KEY].view(-1).long()
         outputs = self.module(batch[REGISTRY_KEYS.X_KEY])
         if train:
@@ -155,7 +168,7 @@ class ClassificationTrainingPlan(_SupervisedTrainingPlan):
 
     def training_step(self, batch, batch_idx):
         """Cross-entropy on a training minibatch."""
-        loss, pred, labels = self._step(batch, train=True)
+        loss, pred, labels = self._classify(batch, train=True)
         self.train_accuracy(pred, labels)
         self._log("train_loss", loss, labels.numel(), prog_bar=True)
         self._log("train_accuracy", self.train_accuracy, labels.numel())
@@ -163,7 +176,7 @@ class ClassificationTrainingPlan(_SupervisedTrainingPlan):
 
     def validation_step(self, batch, batch_idx):
         """Loss, accuracy and macro F1 on a validation minibatch (aggregated over the epoch)."""
-        loss, pred, labels = self._step(batch, train=False)
+        loss, pred, labels = self._classify(batch, train=False)
         self.validation_accuracy(pred, labels)
         self.validation_macro_f1(pred, labels)
         self._log("validation_loss", loss, labels.numel(), prog_bar=True)
@@ -193,14 +206,6 @@ class RegressionTrainingPlan(_SupervisedTrainingPlan):
         self._log(f"{stage}_loss", loss, n, prog_bar=True)
         self._log(f"{stage}_mse", mse, n)
         return loss
-
-    def training_step(self, batch, batch_idx):
-        """Loss on a training minibatch."""
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        """Loss on a validation minibatch."""
-        return self._step(batch, "validation")
 
 
 class MaskedExpressionTrainingPlan(_SupervisedTrainingPlan):
@@ -233,14 +238,6 @@ class MaskedExpressionTrainingPlan(_SupervisedTrainingPlan):
         self._log(f"{stage}_mse_token", token, n)
         self._log(f"{stage}_mse_cell", cell, n)
         return loss
-
-    def training_step(self, batch, batch_idx):
-        """Masked-expression loss on a training minibatch."""
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        """Masked-expression loss on a validation minibatch."""
-        return self._step(batch, "validation")
 
 
 class RestoreBestWeights(Callback):

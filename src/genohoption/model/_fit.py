@@ -1,0 +1,142 @@
+"""The one training set-up: data splitter, plan, callbacks and scvi-tools' TrainRunner (Lightning).
+
+:meth:`GenoHoptionModel.train` (every task) and :meth:`GenoHoptionModel.pretrain` both call :func:`fit`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scvi import settings as scvi_settings
+from scvi.train import TrainRunner
+
+from ._callbacks import PreciseBatchNorm
+from ._distributed import distributed_splitter_kwargs, pin_split
+from ._resume import EpochSeed
+from ._training import RestoreBestWeights
+
+if TYPE_CHECKING:
+    from ._task import Task
+
+CKPT_SHORTCUTS = ("last", "best", "hpc", "registry")
+"""``ckpt_path`` values Lightning resolves itself (not file paths)."""
+
+
+def check_training_args(max_epochs: Any, batch_size: Any, train_size: Any, validation_size: Any,
+                        ckpt_path: Any) -> None:
+    """Raise for arguments of ``train`` / ``pretrain`` that cannot work, before anything is set up.
+
+    Raises
+    ------
+    ValueError
+        For non-positive ``max_epochs`` / ``batch_size``, a ``train_size`` outside ``(0, 1]`` or a
+        ``validation_size`` outside ``[0, 1 - train_size]``.
+    FileNotFoundError
+        If ``ckpt_path`` is not a file (nor one of Lightning's shortcuts).
+    """
+    for name, value in (("max_epochs", max_epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if isinstance(train_size, bool) or not isinstance(train_size, int | float) or not 0 < train_size <= 1:
+        raise ValueError(f"train_size must be in (0, 1], got {train_size!r}.")
+    if validation_size is not None and (isinstance(validation_size, bool) or not isinstance(
+            validation_size, int | float) or not 0 <= validation_size < 1 or train_size + validation_size > 1):
+        raise ValueError(f"validation_size must be in [0, 1 - train_size], got {validation_size!r}.")
+    if ckpt_path is not None and not (ckpt_path in CKPT_SHORTCUTS or os.path.isfile(ckpt_path)):
+        raise FileNotFoundError(
+            f"ckpt_path={ckpt_path!r} is not a file; pass the checkpoint written by "
+            "genohoption.model.TrainingCheckpoint (its .path, e.g. 'ckpt_dir/last.ckpt')."
+        )
+
+
+def fit(
+    host,
+    task: Task,
+    *,
+    max_epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    train_size: float,
+    validation_size: float | None,
+    early_stopping: bool,
+    early_stopping_patience: int,
+    restore_best_weights: bool,
+    accelerator: str,
+    devices,
+    datasplitter_kwargs: dict | None,
+    plan_kwargs: dict | None,
+    trainer_kwargs: dict,
+) -> None:
+    """Train ``host.module`` on ``host.adata_manager``'s data with the task's plan and data splitter.
+
+    ``host`` is what scvi-tools' :class:`~scvi.train.TrainRunner` reads and writes: the model itself
+    (``train``) or a :class:`~genohoption.model._pretraining.TrainingRun` (``pretrain``). After the run
+    ``host.history_``, ``host.is_trained_`` and the split indices are set by scvi-tools, and the module is
+    in evaluation mode. See :meth:`GenoHoptionModel.train` for the arguments.
+
+    Callbacks added unless the caller gave one of the kind: :class:`~genohoption.model.PreciseBatchNorm`,
+    :class:`~genohoption.model.RestoreBestWeights` (with validation cells and ``restore_best_weights``)
+    and :class:`~genohoption.model.EpochSeed` (seeded by ``scvi.settings.seed``).
+
+    Raises
+    ------
+    ValueError, FileNotFoundError
+        See :func:`check_training_args`.
+
+    Warns
+    -----
+    UserWarning
+        When the cells are too few to hold any out for validation: training then runs on all of them.
+    """
+    trainer_kwargs = dict(trainer_kwargs)
+    check_training_args(max_epochs, batch_size, train_size, validation_size, trainer_kwargs.get("ckpt_path"))
+    has_validation = train_size < 1 or (validation_size or 0) > 0
+    n_cells = host.adata_manager.adata.n_obs
+    n_train = math.ceil(train_size * n_cells)
+    n_val = n_cells - n_train if validation_size is None else math.floor(n_cells * validation_size)
+    if has_validation and n_val == 0:
+        warnings.warn(
+            f"{n_cells} cells leave no validation cell with train_size={train_size}: training on all of them for "
+            f"max_epochs={max_epochs} epochs, without early stopping or best-epoch weights; pass train_size=1.0 "
+            "to ask for this, or give more cells.",
+            UserWarning,
+            stacklevel=3,
+        )
+        has_validation, train_size, validation_size = False, 1.0, None
+    plan = task.training_plan(host.module, host.adata_manager,
+                              **{"lr": lr, "weight_decay": weight_decay, **(plan_kwargs or {})})
+    strategy = trainer_kwargs.get("strategy")
+    splitter = task.data_splitter_cls(
+        host.adata_manager, train_size=train_size, validation_size=validation_size, batch_size=batch_size,
+        **distributed_splitter_kwargs(strategy, datasplitter_kwargs),  # a shard per process under DDP
+    )
+    pin_split(splitter, strategy)  # DDP: one train / validation split for every process
+    callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
+    if not any(isinstance(c, PreciseBatchNorm) for c in callbacks):
+        callbacks.append(PreciseBatchNorm())  # a no-op for modules without BatchNorm
+    if has_validation and restore_best_weights and not any(isinstance(c, RestoreBestWeights) for c in callbacks):
+        callbacks.append(RestoreBestWeights("validation_loss", "min"))
+    if not any(isinstance(c, EpochSeed) for c in callbacks):  # each epoch's draws depend on (seed, epoch) only
+        callbacks.append(EpochSeed(scvi_settings.seed or 0))
+    trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
+    trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
+    if has_validation:
+        trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+    trainer_kwargs.setdefault("log_every_n_steps", 1)  # metrics are logged per epoch; no warning for few batches
+    host.module.train()  # a loaded model is in evaluation mode
+    TrainRunner(
+        host,
+        training_plan=plan,
+        data_splitter=splitter,
+        max_epochs=max_epochs,
+        accelerator=accelerator,
+        devices=devices,
+        early_stopping=early_stopping and has_validation,
+        callbacks=callbacks,
+        **trainer_kwargs,
+    )()
