@@ -38,7 +38,7 @@ print(sorted(m for m in {HEAVY!r} if m in sys.modules))
 def test_command_line_help_does_not_import_torch():
     code = f"""
 import contextlib, io, sys
-from genohoption.__main__ import main
+from genohoption.cli import main
 with contextlib.redirect_stdout(io.StringIO()) as buf:
     try:
         main(["--help"])
