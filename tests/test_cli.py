@@ -320,3 +320,32 @@ def test_thread_pools_told_to_yield_before_torch_loads(preset, torch_first, expe
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(expected)
 
+
+def test_console_output_each_line_once_third_party_chatter_only_verbose(files, tmp_path):
+    """A run in a fresh process: no line twice, no Lightning tip or internal deprecation unless --verbose."""
+    import collections
+    import os
+    import subprocess
+    import sys
+
+    def run(*extra):
+        argv = [sys.executable, "-m", "genohoption", "annotate", "--reference", str(files["ref"]), "--query",
+                str(files["query"]), "--max-epochs", "1", "--prior", "none", "--no-plot", "--threads", "1",
+                "--seed", "3", "--out", str(tmp_path / f"out{len(extra)}"), *extra]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "MPLBACKEND": "Agg", "PYTHONWARNINGS": ""})
+        assert out.returncode == 0, out.stderr
+        lines = [line for line in out.stderr.replace("\r", "\n").splitlines() if line.strip()]
+        twice = [line for line, n in collections.Counter(lines).items() if n > 1]
+        assert not twice, out.stderr  # each log line once (no "INFO: x" then "x")
+        return out.stdout, out.stderr
+
+    stdout, stderr = run()
+    for text in ("Tip", "litlogger", "LeafSpec", "Seed set to", "GPU available", "INFO:"):
+        assert text not in stdout + stderr, text
+    assert "Added `adata.varp['gene_graph']`" in stderr  # genohoption's own messages stay
+    assert "Epoch 1/1" in stdout + stderr  # the progress bar stays
+    stdout, stderr = run("--verbose")
+    for text in ("Seed set to 3", "GPU available", "Tip: For seamless cloud logging", "isinstance(treespec, LeafSpec)"):
+        assert stderr.count(text) == 1, (text, stderr)
+    assert "Added `adata.varp['gene_graph']`" in stderr and "Epoch 1/1" in stdout + stderr

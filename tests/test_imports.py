@@ -50,6 +50,13 @@ print(sorted(m for m in {HEAVY!r} if m in sys.modules))
     assert _run(code) == "[]"
 
 
+def test_python_m_genohoption_runs_the_command_line():
+    out = subprocess.run([sys.executable, "-m", "genohoption", "perturb", "--help"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "--max-cells-per-condition" in out.stdout and "--verbose" in out.stdout
+
+
 def test_model_loads_on_first_access():
     code = """
 import sys
