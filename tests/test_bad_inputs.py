@@ -963,7 +963,7 @@ CLI_CASES = {
 
 @pytest.mark.parametrize("case_id", list(CLI_CASES))
 def test_cli_refuses_before_training(case_id, env, tmp_path, capsys):
-    from genohoption.__main__ import main
+    from genohoption.cli import main
 
     files = _cli_files(tmp_path, env)
     make, expected = CLI_CASES[case_id]
@@ -983,14 +983,15 @@ def test_cli_refuses_before_training(case_id, env, tmp_path, capsys):
 
 
 def test_cli_warns_on_raw_count_query(env, capsys):
-    from genohoption.__main__ import _check_data, _parser
+    from genohoption.cli._annotate import check_data
+    from genohoption.cli._main import build_parser
 
-    args = _parser().parse_args(["annotate"])
-    _check_data(env.fresh.copy(), env.raw.copy(), "bulk_labels", args)
+    args = build_parser().parse_args(["annotate"])
+    check_data(env.fresh.copy(), env.raw.copy(), "bulk_labels", args)
     err = capsys.readouterr().err
     assert err.startswith("genohoption annotate: warning: the query holds integers (raw counts)"), err
     assert "the reference holds non-integer values" in err and "sc.pp.log1p" in err
-    _check_data(env.fresh.copy(), env.query.copy(), "bulk_labels", args)
+    check_data(env.fresh.copy(), env.query.copy(), "bulk_labels", args)
     assert capsys.readouterr().err == ""
 
 

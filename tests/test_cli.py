@@ -13,7 +13,7 @@ import pytest
 from scipy import sparse
 
 import genohoption as gh
-from genohoption.__main__ import main
+from genohoption.cli import main
 
 CELL_TYPES = ("Dendritic", "CD14+ Monocyte", "CD19+ B")
 N_PER_TYPE = 40
@@ -78,9 +78,9 @@ def test_help_exits_zero(capsys):
         ("threads_0", "argument --threads: must be an integer >= 1, got 0"),
         ("missing_prior", "--prior"),
         ("no_shared_gene", "shares no gene with the reference"),
-        ("missing_labels_key", "no obs column 'no_such_column'"),
-        ("layer_missing_in_query", "the query has no layer 'lognorm'"),
-        ("layer_missing_everywhere", "the reference has no layer 'counts'"),
+        ("missing_labels_key", "the reference: --labels-key 'no_such_column' is not a column of adata.obs"),
+        ("layer_missing_in_query", "the query: --layer 'lognorm' is not in adata.layers"),
+        ("layer_missing_everywhere", "the reference: --layer 'counts' is not in adata.layers"),
         ("gene_symbols_missing", "no var column 'symbol'"),
         ("not_h5ad", "cannot read it as .h5ad"),
     ],
@@ -119,16 +119,34 @@ def test_user_errors_are_one_line_exit_2(case, expected, files, tmp_path, capsys
 
 
 def test_few_shared_genes_warns(files, capsys):
-    from genohoption.__main__ import _check_data, _parser
+    from genohoption.cli._annotate import check_data
+    from genohoption.cli._main import build_parser
 
     ref, query = ad.read_h5ad(files["ref"]), ad.read_h5ad(files["query"])
-    args = _parser().parse_args(["annotate"])
-    _check_data(ref, query, "cell_type", args)
+    args = build_parser().parse_args(["annotate"])
+    check_data(ref, query, "cell_type", args)
     assert capsys.readouterr().err == ""  # all genes shared: silent
-    _check_data(ref, query[:, : ref.n_vars // 3].copy(), "cell_type", args)
+    check_data(ref, query[:, : ref.n_vars // 3].copy(), "cell_type", args)
     err = capsys.readouterr().err
     assert err.startswith("genohoption annotate: warning: the query holds only 255 of the reference's 765 "
                           "genes (33%)")
+
+
+def test_package_errors_become_one_line_in_the_options_terms():
+    from genohoption.cli._common import UserError, user_error
+
+    err = user_error(KeyError("labels_key='x' is not a column of adata.obs; available: ['a']."), "the reference")
+    assert isinstance(err, UserError)
+    assert str(err) == "the reference: --labels-key 'x' is not a column of adata.obs; available: ['a']."
+    err = user_error(ValueError("adata.X is empty (None); pass layer= naming the layer\nthat holds expression."))
+    assert str(err) == "adata.X is empty (None); pass --layer naming the layer that holds expression."
+    # a call written out in the message keeps the package's parameters; the context is not repeated
+    err = user_error(TypeError("the query's X: register it with setup_anndata(adata, layer='counts') or (labels_key=None)"),
+                     "the query")
+    assert str(err) == "the query's X: register it with setup_anndata(adata, layer='counts') or (labels_key=None)"
+    err = user_error(ValueError("no test condition; pass another seed= or split=."), "cannot split")
+    assert str(err) == "cannot split: no test condition; pass another --seed or --split."
+    assert str(user_error(FileNotFoundError("net.csv not found"), "x")) == "x: net.csv not found"
 
 
 # ------------------------------------------------------------------------------------- successful runs
@@ -293,7 +311,7 @@ def test_thread_pools_told_to_yield_before_torch_loads(preset, torch_first, expe
     import sys
 
     code = ("import os, sys\n" + ("import torch\n" if torch_first else "") +
-            "from genohoption.__main__ import _yielding_thread_pools\n_yielding_thread_pools()\n"
+            "from genohoption.cli._common import yielding_thread_pools\nyielding_thread_pools()\n"
             "print(os.environ.get('OMP_WAIT_POLICY'))")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME")}
     if preset is not None:
@@ -301,3 +319,33 @@ def test_thread_pools_told_to_yield_before_torch_loads(preset, torch_first, expe
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(expected)
+
+
+def test_console_output_each_line_once_third_party_chatter_only_verbose(files, tmp_path):
+    """A run in a fresh process: no line twice, no Lightning tip or internal deprecation unless --verbose."""
+    import collections
+    import os
+    import subprocess
+    import sys
+
+    def run(*extra):
+        argv = [sys.executable, "-m", "genohoption", "annotate", "--reference", str(files["ref"]), "--query",
+                str(files["query"]), "--max-epochs", "1", "--prior", "none", "--no-plot", "--threads", "1",
+                "--seed", "3", "--out", str(tmp_path / f"out{len(extra)}"), *extra]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "MPLBACKEND": "Agg", "PYTHONWARNINGS": ""})
+        assert out.returncode == 0, out.stderr
+        lines = [line for line in out.stderr.replace("\r", "\n").splitlines() if line.strip()]
+        twice = [line for line, n in collections.Counter(lines).items() if n > 1]
+        assert not twice, out.stderr  # each log line once (no "INFO: x" then "x")
+        return out.stdout, out.stderr
+
+    stdout, stderr = run()
+    for text in ("Tip", "litlogger", "LeafSpec", "Seed set to", "GPU available", "INFO:"):
+        assert text not in stdout + stderr, text
+    assert "Added `adata.varp['gene_graph']`" in stderr  # genohoption's own messages stay
+    assert "Epoch 1/1" in stdout + stderr  # the progress bar stays
+    stdout, stderr = run("--verbose")
+    for text in ("Seed set to 3", "GPU available", "Tip: For seamless cloud logging", "isinstance(treespec, LeafSpec)"):
+        assert stderr.count(text) == 1, (text, stderr)
+    assert "Added `adata.varp['gene_graph']`" in stderr and "Epoch 1/1" in stdout + stderr

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import genohoption as gh
-from genohoption.__main__ import main
+from genohoption.cli import main
 
 FAST = ["--max-epochs", "1", "--threads", "1", "--batch-size", "32"]
 
@@ -44,7 +44,7 @@ def test_perturb_help_lists_options_without_torch(capsys):
     for option in ("--data", "--split", "--seed", "--cell-type", "--gene-symbols", "--prior", "--attention",
                    "--max-epochs", "--threads", "--out", "--save-model", "--no-plot"):
         assert option in out, option
-    code = ("import contextlib, io, sys\nfrom genohoption.__main__ import main\n"
+    code = ("import contextlib, io, sys\nfrom genohoption.cli import main\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n    try:\n        main(['perturb', '--help'])\n"
             "    except SystemExit:\n        pass\nprint(sorted(m for m in ('torch', 'scvi', 'lightning') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -38,7 +38,7 @@ print(sorted(m for m in {HEAVY!r} if m in sys.modules))
 def test_command_line_help_does_not_import_torch():
     code = f"""
 import contextlib, io, sys
-from genohoption.__main__ import main
+from genohoption.cli import main
 with contextlib.redirect_stdout(io.StringIO()) as buf:
     try:
         main(["--help"])
@@ -48,6 +48,13 @@ assert "annotate" in buf.getvalue()
 print(sorted(m for m in {HEAVY!r} if m in sys.modules))
 """
     assert _run(code) == "[]"
+
+
+def test_python_m_genohoption_runs_the_command_line():
+    out = subprocess.run([sys.executable, "-m", "genohoption", "perturb", "--help"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "--max-cells-per-condition" in out.stdout and "--verbose" in out.stdout
 
 
 def test_model_loads_on_first_access():

@@ -1,4 +1,5 @@
-"""Keys written to or read from :class:`~anndata.AnnData` and minibatches, defined once (no imports)."""
+"""Keys written to or read from :class:`~anndata.AnnData` and minibatches, and the file names of a saved model,
+defined once (no imports)."""
 
 from __future__ import annotations
 
@@ -85,6 +86,16 @@ CTRL_X_KEY = "ctrl_x"
 
 PERT_GENES_KEY = "pert_genes"
 """Minibatch key of the perturbed genes' indices ``(B, max_genes)``, ``-1`` = none."""
+
+# ---------------------------------------------------------------- files of a saved model (``{prefix}`` + name)
+WEIGHTS_FILE = "model.safetensors"
+"""A saved model's weights (safetensors); ``GenoHoptionModel.save`` refuses to overwrite an existing one."""
+
+META_FILE = "model.json"
+"""A saved model's class, init parameters, registry, training history and the weights' sha256 (JSON)."""
+
+ADATA_FILE = "adata.h5ad"
+"""The training data saved with a model, when asked for."""
 
 # ---------------------------------------------------------------- choices
 ATTENTIONS = ("ppr", "heat", "mask", "dense")

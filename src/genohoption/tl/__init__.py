@@ -12,6 +12,7 @@ from ._perturbation_baselines import (
     PerturbationBaseline,
     fit_perturbation_baselines,
 )
+from ._screen import screen_split, subsample_conditions
 
 __all__ = [
     "AdditiveBaseline",
@@ -25,6 +26,8 @@ __all__ = [
     "parse_condition",
     "perturbation_metrics",
     "perturbation_split",
+    "screen_split",
     "stratified_split",
+    "subsample_conditions",
     "top_de_genes",
 ]

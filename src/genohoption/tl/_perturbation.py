@@ -20,6 +20,12 @@ logger = logging.getLogger(__name__)
 SUBGROUPS = ("unseen_single", "combo_seen0", "combo_seen1", "combo_seen2")
 """Test subgroups of GEARS' simulation split."""
 
+COMBO_SEEN2_TRAIN_FRACTION = 0.75
+"""GEARS' ``combo_seen2_train_frac``: fraction of the doubles with both genes seen that are kept for training."""
+
+VAL_FRACTION = 0.9
+"""GEARS' gene and combination fractions of the second (train / validation) simulation split."""
+
 
 def _simulation_split(
     conditions: Sequence[str], genes_of: Mapping[str, tuple[str, ...]], gene_fraction: float,
@@ -54,9 +60,9 @@ def perturbation_split(
     seed: int = 1,
     train_gene_fraction: float = 0.75,
     *,
-    combo_seen2_train_fraction: float = 0.75,
-    val_gene_fraction: float = 0.9,
-    val_combo_fraction: float = 0.9,
+    combo_seen2_train_fraction: float = COMBO_SEEN2_TRAIN_FRACTION,
+    val_gene_fraction: float = VAL_FRACTION,
+    val_combo_fraction: float = VAL_FRACTION,
     perturbation_key: str = "condition",
     control_value: str = "ctrl",
     key_added: str = "split",
@@ -111,6 +117,24 @@ def perturbation_split(
     ValueError
         For malformed conditions, fractions outside ``(0, 1]``, or no perturbed condition.
     """
+    labels, record, test_groups = _simulation_labels(
+        adata, seed, train_gene_fraction, combo_seen2_train_fraction, val_gene_fraction, val_combo_fraction,
+        perturbation_key, control_value,
+    )
+    _write_split(adata, labels, record, key_added)
+    return test_groups
+
+
+def _simulation_labels(
+    adata: AnnData, seed: int, train_gene_fraction: float, combo_seen2_train_fraction: float,
+    val_gene_fraction: float, val_combo_fraction: float, perturbation_key: str, control_value: str,
+) -> tuple[pd.Categorical, dict, dict[str, list[str]]]:
+    """Compute what :func:`perturbation_split` writes, without writing it.
+
+    Returns ``(labels, record, test_subgroups)``: the ``(n_obs,)`` categorical of ``"train"`` / ``"val"`` /
+    ``"test"``, the ``adata.uns`` record and the test subgroups. Raises the errors documented by
+    :func:`perturbation_split`.
+    """
     if perturbation_key not in adata.obs:
         raise KeyError(f"perturbation_key={perturbation_key!r} is not a column of adata.obs; available: "
                        f"{list(adata.obs.columns)}.")
@@ -132,8 +156,8 @@ def perturbation_split(
     where.update({c: "val" for group in val_groups.values() for c in group})
     where.update({c: "test" for group in test_groups.values() for c in group})
     where[control_value] = "train"
-    adata.obs[key_added] = pd.Categorical(values.map(where).to_numpy(), categories=["train", "val", "test"])
-    adata.uns[key_added] = {
+    labels = pd.Categorical(values.map(where).to_numpy(), categories=["train", "val", "test"])
+    record = {
         "params": {"seed": seed, "train_gene_fraction": train_gene_fraction,
                    "combo_seen2_train_fraction": combo_seen2_train_fraction,
                    "val_gene_fraction": val_gene_fraction, "val_combo_fraction": val_combo_fraction,
@@ -141,8 +165,14 @@ def perturbation_split(
         "test_subgroup": {k: list(v) for k, v in test_groups.items()},
         "val_subgroup": {k: list(v) for k, v in val_groups.items()},
     }
+    return labels, record, test_groups
+
+
+def _write_split(adata: AnnData, labels: pd.Categorical, record: dict, key_added: str) -> None:
+    """Write a split's per-cell labels to ``adata.obs[key_added]`` and its record to ``adata.uns[key_added]``."""
+    adata.obs[key_added] = labels
+    adata.uns[key_added] = record
     logger.info("wrote adata.obs[%r] and adata.uns[%r]", key_added, key_added)
-    return test_groups
 
 
 def _pearson(a: np.ndarray, b: np.ndarray, tol: float = 1e-6) -> float:
