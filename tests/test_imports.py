@@ -68,3 +68,13 @@ def test_unknown_attribute():
 
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         gh.nope  # noqa: B018
+
+
+def test_nn_does_not_import_anndata_scanpy_scvi_lightning():
+    """The building blocks work on tensors alone (the CSR checks they share with _validate are NumPy-only)."""
+    code = """
+import sys
+import genohoption.nn
+print(sorted(m for m in ("anndata", "scanpy", "scvi", "lightning", "genohoption._validate") if m in sys.modules))
+"""
+    assert _run(code) == "[]"
