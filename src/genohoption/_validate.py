@@ -368,26 +368,12 @@ MATRIX_FIX = "read the data again from an intact file, or repair the file it cam
 
 
 def check_csr_structure(indptr, indices, n_rows: int, n_cols: int, where: str, fix: str = GRAPH_FIX) -> None:
-    """Check CSR index arrays before any C code reads them (:func:`genohoption._csr.check_csr`).
-
-    Parameters
-    ----------
-    indptr
-        ``(n_rows + 1,)`` row pointers.
-    indices
-        ``(nnz,)`` column indices.
-    n_rows, n_cols
-        Shape of the matrix.
-    where
-        Name of the matrix, for messages.
-    fix
-        What the message tells the user to do.
+    """:func:`genohoption._csr.check_csr` with the gene graph's fix named by default (for graphs read from files).
 
     Raises
     ------
     ValueError
-        If ``indptr`` has the wrong length, does not start at 0, decreases, or does not end at
-        ``len(indices)``, or if an index is negative or ``>= n_cols``, or the arrays are not integers.
+        For a corrupt structure: ``"<where> is not a valid CSR matrix (<problem>); <fix>."``.
     """
     check_csr(indptr, indices, n_rows, n_cols, where, fix)
 

@@ -25,28 +25,14 @@ _INT32_MAX = 2**31 - 1
 def check_csr_tensors(indptr: torch.Tensor, indices: torch.Tensor, n_rows: int, n_cols: int, where: str) -> None:
     """Check CSR index tensors before any kernel reads them (a bad structure can crash the interpreter).
 
-    Parameters
-    ----------
-    indptr
-        ``(n_rows + 1,)`` row pointers.
-    indices
-        ``(nnz,)`` column indices.
-    n_rows, n_cols
-        Shape of the matrix.
-    where
-        Name of the matrix, for messages.
+    :func:`genohoption._csr.check_csr` (the check the AnnData inputs get) on torch tensors, on their device:
+    ``O(n_rows + nnz)`` element-wise work and a few device synchronisations.
 
     Raises
     ------
     ValueError
-        If either is not a torch tensor, or for a corrupt structure (the checks of
-        :func:`genohoption._csr.check_csr`, shared with the AnnData input checks): not 1-D integer tensors,
-        ``indptr`` of the wrong length, not running from 0 to ``len(indices)`` or decreasing, an index
-        negative or ``>= n_cols``.
-
-    Notes
-    -----
-    ``O(n_rows + nnz)`` element-wise work on the tensors' device, a few device synchronisations.
+        If ``indptr`` or ``indices`` is not a torch tensor, or for a corrupt structure
+        (``"<where> is not a valid CSR matrix (<problem>)."``).
     """
     if not (isinstance(indptr, torch.Tensor) and isinstance(indices, torch.Tensor)):
         raise ValueError(f"{where}: indptr and indices must be torch tensors.")
