@@ -104,11 +104,13 @@ def csr_problem(indptr, indices, n_rows: int, n_cols: int) -> str | None:
     """
     indptr, indices = _as_array(indptr), _as_array(indices)
     problem = _not_1d_integer("indptr", indptr) or _not_1d_integer("indices", indices)
-    return problem or row_pointer_problem(indptr, n_rows, indices.shape[0]) or column_index_problem(indices, n_cols)
+    if problem:
+        return problem
+    return row_pointer_problem(indptr, n_rows, indices.shape[0]) or column_index_problem(indices, n_cols)
 
 
 def structure_error(where: str, problem: str, fix: str | None = None, layout: str = "CSR") -> ValueError:
-    """The error raised for a corrupt structure: ``"<where> is not a valid <layout> matrix (<problem>); <fix>."``."""
+    """The error for a corrupt structure: ``"<where> is not a valid <layout> matrix (<problem>); <fix>."``."""
     return ValueError(f"{where} is not a valid {layout} matrix ({problem})" + (f"; {fix}." if fix else "."))
 
 
