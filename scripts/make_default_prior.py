@@ -16,7 +16,7 @@ Output: ``src/genohoption/datasets/data/omnipath_transcriptional.parquet`` with 
 deduplicated on ``(source, target)`` and sorted.
 
 Run ``python scripts/make_default_prior.py`` from the repository root, then update
-``_DEFAULT_PRIOR_SHA256`` in ``src/genohoption/datasets/_prior.py`` with the printed hash
+``_DEFAULT_PRIOR_SHA256`` in ``src/genohoption/pp/_priors.py`` with the printed hash
 (the bytes depend on the pyarrow version; the script also reports whether the content matches the
 packaged file).
 """

@@ -11,6 +11,7 @@ that a segfault fails those tests instead of the whole run.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -494,6 +495,13 @@ CASES: list[Case] = [
          prep=_loaded_without_data),
     Case("train/three-cells-default-early-stopping", _train_three, UserWarning, "pass train_size=1.0",
          prep=_three_cells, writes=("r.obs", "r.uns")),
+    # ---------------------------------------------------------------- pretrain
+    Case("pretrain/numpy", lambda c: c.m.pretrain(c.q.X, max_epochs=1), TypeError, r"anndata\.AnnData\(X",
+         prep=_tiny_model),
+    Case("pretrain/perturbation-model", lambda c: c.env.pert_model.pretrain(c.ctrl, max_epochs=1), TypeError,
+         "applies to annotation models"),
+    Case("pretrain/mask-ratio-1", lambda c: c.m.pretrain(c.q, max_epochs=1, mask_ratio=1.0), ValueError,
+         r"mask_ratio must be in \(0, 1\)", prep=_tiny_model),
     # ---------------------------------------------------------------- predict / get_latent_representation
     Case("predict/numpy", lambda c: c.model.predict(c.q.X), TypeError, r"anndata\.AnnData\(X"),
     Case("predict/dataframe", lambda c: c.model.predict(c.q.to_df()), TypeError, r"anndata\.AnnData"),
@@ -682,11 +690,56 @@ def test_bad_input(case: Case, env, tmp_path):
     assert _files(tmp_path) == files
 
 
+def _names_used(*functions: Callable | None) -> set[str]:
+    """Global and attribute names the functions read (``gh.pp.build_gene_graph`` gives ``build_gene_graph``),
+    following nested code and the helper functions of this module they call (``_setup`` → ``setup_anndata``)."""
+    names, seen = set(), set()
+    stack = [(f.__code__, f.__globals__) for f in functions if f is not None]
+    while stack:
+        code, scope = stack.pop()
+        if code in seen:
+            continue
+        seen.add(code)
+        names |= set(code.co_names)
+        stack += [(c, scope) for c in code.co_consts if isinstance(c, type(code))]
+        stack += [(scope[n].__code__, scope) for n in code.co_names
+                  if inspect.isfunction(scope.get(n)) and scope[n].__module__ == __name__]
+    return names
+
+
+def _checked_entry_points() -> set[str]:
+    """The package's public entry points that take user data through the shared checks (read from the package).
+
+    Every public method that :class:`~genohoption.GenoHoptionModel` defines (not those inherited from
+    scvi-tools) and the constructor; every public function of ``gh.pp`` / ``gh.tl``, and public method of
+    their classes, whose code calls ``genohoption._validate.as_anndata``.
+    """
+    model = gh.GenoHoptionModel
+    found = {model.__name__} | {
+        name for name, value in inspect.getmembers(model)
+        if not name.startswith("_") and callable(value)
+        and getattr(value, "__module__", "").startswith("genohoption.")
+    }
+    for namespace in (gh.pp, gh.tl):
+        for public in namespace.__all__:
+            obj = getattr(namespace, public)
+            members = inspect.getmembers(obj, inspect.isfunction) if inspect.isclass(obj) else [(public, obj)]
+            found |= {name for name, fn in members if not name.startswith("_")
+                      and "as_anndata" in inspect.unwrap(fn).__code__.co_names}
+    return found
+
+
 def test_table_size_and_kinds():
+    """The table is large and varied, and covers every entry point of the package that checks user data."""
     kinds = pd.Series([c.kind for c in CASES]).value_counts()
     assert len({c.id for c in CASES}) == len(CASES)
     assert len(CASES) + len(CRASH_CASES) + len(CLI_CASES) >= 80, kinds
     assert kinds["error"] > kinds["warn"] > 0 and kinds["ok"] > 0
+    entry_points = _checked_entry_points()
+    assert {"GenoHoptionModel", "setup_anndata", "train", "predict", "predict_perturbation", "save", "load",
+            "build_gene_graph", "fit"} <= entry_points, entry_points  # the search itself finds them
+    called = set().union(*(_names_used(c.act, c.prep) for c in CASES))
+    assert entry_points - called == set(), "entry points without a bad-input case (add one to CASES)"
 
 
 # ------------------------------------------------------------------------------------------ crash cases
@@ -883,15 +936,15 @@ CRASH_CASES = {
     "load/graph-index-out-of-range": ("ValueError", r"column index out of \[0, \d+\).*rebuild it"),
     "load/graph-index-negative": ("ValueError", "column index out of.*-2"),
     "load/graph-indptr-too-long": ("ValueError", "row pointers of length.*rebuild it"),
-    "nn/induced-indptr-decreasing": ("ValueError", "indptr decreases.*non-decreasing"),
-    "nn/induced-index-negative": ("ValueError", r"column indices must be in \[0, 4\), got -3"),
-    "nn/induced-index-out-of-range": ("ValueError", r"column indices must be in \[0, 4\).*99"),
-    "nn/induced-float-indptr": ("ValueError", "1-D integer tensors"),
+    "nn/induced-indptr-decreasing": ("ValueError", "row pointers decrease; they must be non-decreasing"),
+    "nn/induced-index-negative": ("ValueError", r"column index out of \[0, 4\): -3\.\.2"),
+    "nn/induced-index-out-of-range": ("ValueError", r"column index out of \[0, 4\): 0\.\.99"),
+    "nn/induced-float-indptr": ("ValueError", "indptr must be a 1-D integer array, got torch.float64"),
     "nn/batch-graph-across-cells": ("ValueError", "two different cells"),
-    "nn/batch-graph-short-indices": ("ValueError", r"indptr must run from 0 to len\(indices\) = 3"),
+    "nn/batch-graph-short-indices": ("ValueError", r"row pointers must run from 0 to len\(indices\) = 3, got 0\.\.9"),
     "nn/spmm-short-col": ("ValueError", r"col has 2 entries but crow\[-1\] = 40"),
     "nn/sddmm-bad-crow": ("ValueError", "crow must have n_rows \\+ 1 = 4 entries"),
-    "model/graph-buffer-replaced": ("ValueError", "the gene graph is not a valid CSR graph"),
+    "model/graph-buffer-replaced": ("ValueError", r"the gene graph is not a valid CSR matrix \(row pointers decrease"),
     "setup/corrupt-varp-graph": ("ValueError", r"adata\.varp\['gene_graph'\] is not a valid CSR.*build_gene_graph"),
     "predict/corrupt-sparse-query": ("ValueError", r"adata\.X is not a valid CSR matrix.*read the data again"),
     "setup/corrupt-sparse-reference": ("ValueError", r"adata\.X is not a valid CSR matrix"),

@@ -32,3 +32,19 @@ def test_constants_are_unique_strings():
 
     keys = {name: value for name, value in vars(K).items() if name.isupper() and isinstance(value, str)}
     assert len(set(keys.values())) == len(keys), keys
+
+
+def test_constants_defined_once():
+    """No module assigns a module-level name of _constants (a second BACKBONES drifts from the first)."""
+    from genohoption import _constants as K
+
+    names = {name for name in vars(K) if name.isupper()}
+    redefined = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path.name == "_constants.py":
+            continue
+        for node in ast.parse(path.read_text()).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+            redefined += [f"{path.relative_to(SRC)}:{node.lineno} {t.id}" for t in targets
+                          if isinstance(t, ast.Name) and t.id in names]
+    assert not redefined, f"import these from genohoption._constants instead: {redefined}"

@@ -153,3 +153,13 @@ def test_no_import_circles_in_the_package():
     edges = _package_imports()
     assert "genohoption.model._task" in edges["genohoption.model._annotation"]  # the parser sees relative imports
     assert _cycles(edges) == []
+
+
+def test_nn_does_not_import_anndata_scanpy_scvi_lightning():
+    """The building blocks work on tensors alone (the CSR checks they share with _validate are NumPy-only)."""
+    code = """
+import sys
+import genohoption.nn
+print(sorted(m for m in ("anndata", "scanpy", "scvi", "lightning", "genohoption._validate") if m in sys.modules))
+"""
+    assert _run(code) == "[]"

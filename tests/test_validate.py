@@ -33,7 +33,16 @@ def test_as_anndata_accepts_mudata_rna_and_refuses_others():
     mudata.set_options(pull_on_update=False)  # the behaviour mudata 0.4 makes the default
     a = _adata()
     assert as_anndata(a) is a
-    assert as_anndata(mudata.MuData({"rna": a})) is not None
+    values = a.X.copy()
+    protein = ad.AnnData(np.full((a.n_obs, 2), 7.0, dtype=np.float32))  # listed first: "rna" is chosen by name
+    protein.var_names = ["p0", "p1"]
+    mdata = mudata.MuData({"prot": protein, "rna": a})
+    got = as_anndata(mdata)
+    assert got is mdata["rna"] and got is a  # the modality itself, not a copy and not the first modality
+    assert got.shape == (6, 4) and list(got.var_names) == ["g0", "g1", "g2", "g3"]
+    np.testing.assert_array_equal(got.X, values)
+    got.obs["written"] = np.arange(got.n_obs)  # what a function writes lands in the MuData's modality
+    np.testing.assert_array_equal(mdata["rna"].obs["written"], np.arange(6))
     with pytest.raises(KeyError, match="'rna' modality"):
         as_anndata(mudata.MuData({"prot": a}))
     for bad in (a.X, None, {"X": a.X}):

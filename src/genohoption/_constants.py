@@ -99,7 +99,8 @@ ADATA_FILE = "adata.h5ad"
 
 # ---------------------------------------------------------------- choices
 ATTENTIONS = ("ppr", "heat", "mask", "dense")
-"""Supported attention kinds (DESIGN.md §1)."""
+"""Supported attention kinds: PPR (eqs. 6, 8 of Cheng et al.) and heat-kernel (eqs. 7, 10) diffusion,
+``"mask"`` (one hop of graph-masked attention, eq. 4) and ``"dense"`` (the backbone's full attention)."""
 
 BACKBONES = ("scgpt", "geneformer")
 """Supported backbones."""

@@ -16,6 +16,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from ._constants import UNS_KEY
+from ._csr import check_csr, column_index_problem, row_pointer_problem, structure_error
 
 #: rows checked at a time for dense matrices (bounds the temporary memory of the checks)
 _CHECK_ELEMENTS = 2**24
@@ -145,17 +146,17 @@ def check_backed_structure(X, where: str, fix: str = "") -> None:
     n_rows, n_cols = (int(s) for s in X.shape)
     if X.format == "csc":
         n_rows, n_cols = n_cols, n_rows
-    indptr = np.asarray(group["indptr"][...])
+    where, layout = f"{where} (on disk)", X.format.upper()
     n_entries = int(group["indices"].shape[0])
-    if indptr.ndim != 1 or not np.issubdtype(indptr.dtype, np.integer) or indptr.size != n_rows + 1 or (
-            indptr[0] != 0 or indptr[-1] != n_entries or (np.diff(indptr) < 0).any()):
-        raise ValueError(f"{where} is not a valid {X.format.upper()} matrix on disk (row pointers); {fix}.")
+    problem = row_pointer_problem(np.asarray(group["indptr"][...]), n_rows, n_entries)
+    if problem:
+        raise structure_error(where, problem, fix, layout)
     if int(group["data"].shape[0]) != n_entries:
         raise ValueError(f"{where} is not a valid sparse matrix (data and index arrays differ in length); {fix}.")
     for chunk in _backed_sparse_arrays(X, "indices", _CHECK_ELEMENTS):
-        if not np.issubdtype(chunk.dtype, np.integer) or chunk.min() < 0 or chunk.max() >= n_cols:
-            raise ValueError(f"{where} is not a valid {X.format.upper()} matrix on disk (index out of "
-                             f"[0, {n_cols})); {fix}.")
+        problem = column_index_problem(chunk, n_cols)
+        if problem:
+            raise structure_error(where, problem, fix, layout)
 
 
 def matrix_name(layer: str | None) -> str:
@@ -400,44 +401,14 @@ MATRIX_FIX = "read the data again from an intact file, or repair the file it cam
 
 
 def check_csr_structure(indptr, indices, n_rows: int, n_cols: int, where: str, fix: str = GRAPH_FIX) -> None:
-    """Check CSR index arrays before any C code reads them (a bad structure can crash the interpreter).
-
-    Parameters
-    ----------
-    indptr
-        ``(n_rows + 1,)`` row pointers.
-    indices
-        ``(nnz,)`` column indices.
-    n_rows, n_cols
-        Shape of the matrix.
-    where
-        Name of the matrix, for messages.
-    fix
-        What the message tells the user to do.
+    """:func:`genohoption._csr.check_csr` with the gene graph's fix named by default (for graphs read from files).
 
     Raises
     ------
     ValueError
-        If ``indptr`` has the wrong length, does not start at 0, decreases, or does not end at
-        ``len(indices)``, or if an index is negative or ``>= n_cols``, or the arrays are not integers.
+        For a corrupt structure: ``"<where> is not a valid CSR matrix (<problem>); <fix>."``.
     """
-    indptr, indices = np.asarray(indptr), np.asarray(indices)
-    if indptr.ndim != 1 or indices.ndim != 1 or not (
-        np.issubdtype(indptr.dtype, np.integer) and np.issubdtype(indices.dtype, np.integer)
-    ):
-        raise ValueError(f"{where} is not a valid CSR matrix (index arrays must be 1-D integers); {fix}.")
-    if indptr.size != n_rows + 1 or indptr[0] != 0 or indptr[-1] != indices.size:
-        raise ValueError(
-            f"{where} is not a valid CSR matrix (row pointers of length {indptr.size} from {indptr[:1]} to "
-            f"{indptr[-1:]} for {n_rows} rows and {indices.size} entries); {fix}."
-        )
-    if indptr.size > 1 and (np.diff(indptr) < 0).any():
-        raise ValueError(f"{where} is not a valid CSR matrix (row pointers decrease); {fix}.")
-    if indices.size and (indices.min() < 0 or indices.max() >= n_cols):
-        raise ValueError(
-            f"{where} is not a valid CSR matrix (column index out of [0, {n_cols}): "
-            f"{int(indices.min())}..{int(indices.max())}); {fix}."
-        )
+    check_csr(indptr, indices, n_rows, n_cols, where, fix)
 
 
 def check_sparse_structure(M, where: str, fix: str = GRAPH_FIX) -> None:
@@ -450,9 +421,9 @@ def check_sparse_structure(M, where: str, fix: str = GRAPH_FIX) -> None:
     """
     n_rows, n_cols = M.shape
     if M.format == "csr":
-        check_csr_structure(M.indptr, M.indices, n_rows, n_cols, where, fix)
+        check_csr(M.indptr, M.indices, n_rows, n_cols, where, fix)
     elif M.format == "csc":
-        check_csr_structure(M.indptr, M.indices, n_cols, n_rows, where, fix)
+        check_csr(M.indptr, M.indices, n_cols, n_rows, where, fix, layout="CSC")
     elif M.format == "coo":
         for name, idx, n in (("row", M.row, n_rows), ("col", M.col, n_cols)):
             idx = np.asarray(idx)

@@ -67,7 +67,41 @@ def test_archive_without_h5ad_and_unknown_name(tmp_path, no_network):
         gh.datasets.fetch_gears("dixit", cache_dir=tmp_path)
 
 
-def test_registry_urls_are_gears_dataverse_files():
-    for record in _download.GEARS_DATASETS.values():
-        assert record.url.startswith("https://dataverse.harvard.edu/api/access/datafile/")
-    assert "Norman" in gh.datasets.norman2019.__doc__ and "6154020" in gh.datasets.norman2019.__doc__
+# GEARS' PertData.load (snap-stanford/GEARS, gears/pertdata.py): Harvard Dataverse file ids and archive folders
+REGISTRY = {
+    "norman2019": ("https://dataverse.harvard.edu/api/access/datafile/6154020", "norman"),
+    "adamson2016": ("https://dataverse.harvard.edu/api/access/datafile/6154417", "adamson"),
+    "replogle2022_k562_essential": ("https://dataverse.harvard.edu/api/access/datafile/7458695",
+                                    "replogle_k562_essential"),
+}
+
+
+def test_registry_urls_hashes_and_folders():
+    assert set(_download.GEARS_DATASETS) == set(REGISTRY)
+    for name, (url, folder) in REGISTRY.items():
+        record = _download.GEARS_DATASETS[name]
+        assert (record.url, record.folder) == (url, folder), name
+        assert record.known_hash is None, name  # not pinned: pooch logs the SHA256 of what it downloads
+        assert url in getattr(gh.datasets, name).__doc__, name  # the documented URL is the one fetched
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_each_dataset_fetches_its_registry_entry(name, tmp_path, monkeypatch):
+    """What each public reader hands to pooch: URL, hash, archive name, cache folder, extraction folder."""
+    calls = []
+    h5ad = tmp_path / REGISTRY[name][1] / REGISTRY[name][1] / _download.GEARS_FILE
+
+    def retrieve(url, known_hash=None, fname=None, path=None, processor=None, progressbar=False):
+        calls.append({"url": url, "known_hash": known_hash, "fname": fname, "path": path,
+                      "extract_dir": processor.extract_dir, "progressbar": progressbar})
+        return [str(h5ad.with_name("go.csv")), str(h5ad)]
+
+    monkeypatch.setattr(pooch, "retrieve", retrieve)
+    monkeypatch.setattr(_download, "read_gears", lambda path, **kw: (path, kw))
+    url, folder = REGISTRY[name]
+    got = getattr(gh.datasets, name)(cache_dir=tmp_path, drop_unmeasured=True)
+    assert got == (str(h5ad), {"drop_unmeasured": True})
+    assert calls == [{"url": url, "known_hash": None, "fname": f"{folder}.zip", "path": tmp_path,
+                      "extract_dir": folder, "progressbar": False}]
+    gh.datasets.fetch_gears(name, cache_dir=tmp_path, known_hash="sha256:" + "1" * 64)
+    assert calls[-1]["known_hash"] == "sha256:" + "1" * 64 and calls[-1]["url"] == url

@@ -1,10 +1,8 @@
 """Pretrained scGPT / Geneformer checkpoints: official layouts, dense equivalence, safety, bad input."""
 
-import importlib.util
 import json
 import pickle
 import warnings
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -18,10 +16,6 @@ from torch import nn
 import genohoption as gh
 from genohoption._safe_pickle import UnsafePickleError
 from genohoption.model import CheckpointError, PretrainedCheckpoint, map_genes, read_pretrained
-
-_spec = importlib.util.spec_from_file_location("_gf_ref", Path(__file__).parents[1] / "nn" / "test_geneformer.py")
-_gf_ref = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_gf_ref)
 
 N_GENES, N_CELLS = 24, 48
 D, HEADS, D_HID, LAYERS = 16, 2, 24, 2
@@ -295,7 +289,7 @@ def test_checkpoint_carrying_code_is_refused(adata, tmp_path):
 
 
 # ----------------------------------------------------------------------------- Geneformer
-def write_geneformer(path, adata, *, special=False, weights="safetensors", names=True, numpy_values=True):
+def write_geneformer(bert, path, adata, *, special=False, weights="safetensors", names=True, numpy_values=True):
     """Hugging Face BERT directory + Geneformer dictionaries (values as NumPy scalars, as the official ones)."""
     ens = list(adata.var["ensembl"])
     tokens = {"<pad>": 0, "<mask>": 1}
@@ -307,7 +301,7 @@ def write_geneformer(path, adata, *, special=False, weights="safetensors", names
         tokens = {k: np.int64(v) for k, v in tokens.items()}
         medians = {k: np.float32(v) for k, v in medians.items()}
     vocab = 4 + N_GENES
-    sd = _gf_ref.random_bert_state(vocab, D, HEADS, LAYERS, D_HID, 32)
+    sd = bert.random_state(vocab, D, HEADS, LAYERS, D_HID, 32)
     path.mkdir(parents=True, exist_ok=True)
     cfg = {"architectures": ["BertForMaskedLM"], "hidden_act": "relu", "hidden_size": D, "intermediate_size": D_HID,
            "layer_norm_eps": 1e-12, "max_position_embeddings": 32, "model_type": "bert", "num_attention_heads": HEADS,
@@ -326,8 +320,8 @@ def write_geneformer(path, adata, *, special=False, weights="safetensors", names
 
 
 @pytest.mark.parametrize(("special", "weights"), [(False, "safetensors"), (True, "bin")])
-def test_geneformer_dense_reproduces_bert(adata, tmp_path, special, weights):
-    sd = write_geneformer(tmp_path / "gf", adata, special=special, weights=weights)
+def test_geneformer_dense_reproduces_bert(adata, tmp_path, special, weights, bert):
+    sd = write_geneformer(bert, tmp_path / "gf", adata, special=special, weights=weights)
     adata.var_names = adata.var["ensembl"].to_numpy()
     _setup(adata)
     model = gh.GenoHoptionModel(adata, backbone="geneformer", pretrained=tmp_path / "gf", attention="dense",
@@ -354,7 +348,7 @@ def test_geneformer_dense_reproduces_bert(adata, tmp_path, special, weights):
         if special:
             ids[i, 0] = tokens["<cls>"]
     with torch.no_grad():
-        ref = _gf_ref.bert_reference(sd, torch.from_numpy(ids), tok.padding_mask, heads=HEADS)
+        ref = bert.reference(sd, torch.from_numpy(ids), tok.padding_mask, heads=HEADS)
     pad = tok.padding_mask
     torch.testing.assert_close(h[~pad], ref[~pad], atol=1e-5, rtol=1e-5)
     is_gene = (~pad & (tok.genes >= 0) & (tok.genes < N_GENES)).float()
@@ -370,8 +364,8 @@ def test_geneformer_dense_reproduces_bert(adata, tmp_path, special, weights):
         assert (np.diff(v[g]) <= 1e-6).all()
 
 
-def test_geneformer_symbols_translated_finetune(adata, tmp_path):
-    write_geneformer(tmp_path / "gf", adata)
+def test_geneformer_symbols_translated_finetune(adata, tmp_path, bert):
+    write_geneformer(bert, tmp_path / "gf", adata)
     b = adata.copy()
     b.X = np.log1p(b.X)
     _setup(b)
@@ -387,15 +381,15 @@ def test_geneformer_symbols_translated_finetune(adata, tmp_path):
     assert np.isfinite(model.get_latent_representation()).all()
 
 
-def test_geneformer_bad_input(adata, tmp_path):
-    write_geneformer(tmp_path / "gf", adata, names=False)
+def test_geneformer_bad_input(adata, tmp_path, bert):
+    write_geneformer(bert, tmp_path / "gf", adata, names=False)
     _setup(adata)
     with pytest.raises(ValueError, match=r"Geneformer needs Ensembl ids.*gene_name_id_dict"):
         gh.GenoHoptionModel(adata, backbone="geneformer", pretrained=tmp_path / "gf")
     (tmp_path / "gf" / "gene_median_dictionary.pkl").unlink()
     with pytest.raises(FileNotFoundError, match="gene_median_dictionary"):
         gh.GenoHoptionModel(adata, backbone="geneformer", pretrained=tmp_path / "gf")
-    write_geneformer(tmp_path / "gf2", adata)
+    write_geneformer(bert, tmp_path / "gf2", adata)
     cfg = json.loads((tmp_path / "gf2" / "config.json").read_text())
     cfg["num_hidden_layers"] = 3
     (tmp_path / "gf2" / "config.json").write_text(json.dumps(cfg))
@@ -403,8 +397,8 @@ def test_geneformer_bad_input(adata, tmp_path):
         gh.GenoHoptionModel(adata, backbone="geneformer", pretrained=tmp_path / "gf2")
 
 
-def test_geneformer_dictionary_carrying_code_is_refused(adata, tmp_path):
-    write_geneformer(tmp_path / "gf", adata)
+def test_geneformer_dictionary_carrying_code_is_refused(adata, tmp_path, bert):
+    write_geneformer(bert, tmp_path / "gf", adata)
     marker = tmp_path / "PWNED"
     (tmp_path / "gf" / "token_dictionary.pkl").write_bytes(pickle.dumps({"<pad>": _Evil(marker)}))
     _setup(adata)

@@ -1,73 +1,10 @@
-"""GeneformerBackbone against a plain-torch BERT forward written from the BERT equations."""
-
-import math
+"""GeneformerBackbone against a plain-torch BERT forward written from the BERT equations (``bert`` fixture)."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from genohoption.data import rank_value_encode
 from genohoption.nn import GeneformerBackbone, induced_batch_graph
-
-ACT = {"relu": F.relu, "gelu": F.gelu}
-
-
-def random_bert_state(vocab, hidden, heads, layers, inter, max_pos, seed=0, prefix="bert."):
-    """A random state dict with Hugging Face BertForMaskedLM key names (as Geneformer checkpoints)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape, scale=0.2):
-        return torch.randn(*shape, generator=g) * scale
-
-    sd = {
-        f"{prefix}embeddings.word_embeddings.weight": r(vocab, hidden, scale=1.0),
-        f"{prefix}embeddings.position_embeddings.weight": r(max_pos, hidden),
-        f"{prefix}embeddings.token_type_embeddings.weight": r(2, hidden),
-        f"{prefix}embeddings.LayerNorm.weight": 1 + r(hidden, scale=0.1),
-        f"{prefix}embeddings.LayerNorm.bias": r(hidden, scale=0.1),
-        f"{prefix}embeddings.position_ids": torch.arange(max_pos)[None],
-    }
-    for i in range(layers):
-        p = f"{prefix}encoder.layer.{i}."
-        for name, (o, n) in {
-            "attention.self.query": (hidden, hidden), "attention.self.key": (hidden, hidden),
-            "attention.self.value": (hidden, hidden), "attention.output.dense": (hidden, hidden),
-            "intermediate.dense": (inter, hidden), "output.dense": (hidden, inter),
-        }.items():
-            sd[p + name + ".weight"] = r(o, n, scale=1 / math.sqrt(n))
-            sd[p + name + ".bias"] = r(o, scale=0.05)
-        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
-            sd[p + name + ".weight"] = 1 + r(hidden, scale=0.1)
-            sd[p + name + ".bias"] = r(hidden, scale=0.1)
-    sd["cls.predictions.bias"] = torch.zeros(vocab)  # MLM head, unused by the backbone
-    return sd
-
-
-def bert_reference(sd, ids, pad, *, heads, act="relu", eps=1e-12, prefix="bert."):
-    """BERT encoder (Devlin et al. 2019; HF modeling_bert) in plain torch: post-LN, absolute positions."""
-    W = {k.removeprefix(prefix): v for k, v in sd.items()}
-    b, n = ids.shape
-    x = W["embeddings.word_embeddings.weight"][ids] + W["embeddings.position_embeddings.weight"][:n][None]
-    x = x + W["embeddings.token_type_embeddings.weight"][0]
-    x = F.layer_norm(x, x.shape[-1:], W["embeddings.LayerNorm.weight"], W["embeddings.LayerNorm.bias"], eps)
-    hidden = x.shape[-1]
-    d = hidden // heads
-    i = 0
-    while f"encoder.layer.{i}.attention.self.query.weight" in W:
-        p = f"encoder.layer.{i}."
-
-        def lin(name, h, p=p):
-            return h @ W[p + name + ".weight"].T + W[p + name + ".bias"]
-
-        q, k, v = (lin(f"attention.self.{m}", x).view(b, n, heads, d).transpose(1, 2) for m in ("query", "key", "value"))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(d) + torch.where(pad, -1e30, 0.0)[:, None, None, :]
-        ctx = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, hidden)
-        h = F.layer_norm(lin("attention.output.dense", ctx) + x, (hidden,), W[p + "attention.output.LayerNorm.weight"],
-                         W[p + "attention.output.LayerNorm.bias"], eps)
-        y = lin("output.dense", ACT[act](lin("intermediate.dense", h)))
-        x = F.layer_norm(y + h, (hidden,), W[p + "output.LayerNorm.weight"], W[p + "output.LayerNorm.bias"], eps)
-        i += 1
-    return x
 
 
 def _backbone_from_state(sd, n_genes, *, attention, hidden=16, heads=2, layers=2, inter=24, vocab=40, max_pos=32,
@@ -87,10 +24,10 @@ def _backbone_from_state(sd, n_genes, *, attention, hidden=16, heads=2, layers=2
 
 
 @pytest.mark.parametrize("special", [False, True])
-def test_dense_matches_plain_bert(special):
+def test_dense_matches_plain_bert(special, bert):
     torch.manual_seed(0)
     n_genes = 30
-    sd = random_bert_state(40, 16, 2, 2, 24, 32)
+    sd = bert.random_state(40, 16, 2, 2, 24, 32)
     bb = _backbone_from_state(sd, n_genes, attention="dense", special=special)
     x = torch.poisson(torch.full((4, n_genes), 0.8))
     x[1, :] = 0
@@ -99,7 +36,7 @@ def test_dense_matches_plain_bert(special):
     with torch.no_grad():
         h = bb(tok.genes, tok.values, tok.padding_mask, None)
         ids = bb.token_ids(tok.genes, tok.padding_mask)
-        ref = bert_reference(sd, ids, tok.padding_mask, heads=2)
+        ref = bert.reference(sd, ids, tok.padding_mask, heads=2)
     real = ~tok.padding_mask
     torch.testing.assert_close(h[real], ref[real], atol=1e-5, rtol=1e-5)
     if special:
@@ -111,9 +48,9 @@ def test_dense_matches_plain_bert(special):
 
 
 @pytest.mark.parametrize("attention", ["ppr", "heat", "mask"])
-def test_sparse_attention_reuses_weights_and_runs(attention):
+def test_sparse_attention_reuses_weights_and_runs(attention, bert):
     n_genes = 20
-    sd = random_bert_state(40, 16, 2, 1, 24, 32, seed=1)
+    sd = bert.random_state(40, 16, 2, 1, 24, 32, seed=1)
     bb = _backbone_from_state(sd, n_genes, attention=attention, layers=1)
     dense = _backbone_from_state(sd, n_genes, attention="dense", layers=1)
     wqkv = bb.encoder.layer[0].attention.self.Wqkv.weight

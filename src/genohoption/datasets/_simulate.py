@@ -1,8 +1,7 @@
 """GRN-guided simulation of CRISPRi Perturb-seq (single and double knock-downs).
 
-No real Perturb-seq data of useful size can be had offline here, so benchmarks, tests and the tutorial
-use cells simulated on a real regulatory subnetwork (by default the packaged OmniPath prior,
-:func:`~genohoption.pp.read_prior`), in GEARS format.
+Cells simulated on a real regulatory subnetwork (by default the packaged OmniPath prior,
+:func:`~genohoption.pp.read_prior`), in GEARS format, with known perturbation effects and no download.
 
 The simulator is a Hill-function steady-state model of transcription, in the spirit of SERGIO
 (Dibaeinia & Sinha, 2020) but deterministic-plus-noise rather than stochastic differential equations:

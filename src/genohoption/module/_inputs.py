@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._constants import BACKBONES
 from ..data import Tokens, bin_values, rank_value_encode, tokenize
 from ..nn import BatchGraph, GeneformerBackbone, ScGPTBackbone, induced_batch_graph
-
-BACKBONES = ("scgpt", "geneformer")
 
 # ScGPTBackbone / GeneformerBackbone arguments that a pretrained checkpoint fixes (see model._pretrained)
 _SCGPT_ARCH = ("d_model", "n_heads", "n_layers", "d_hid", "n_tokens", "cls_id", "pad_id", "input_emb_style",

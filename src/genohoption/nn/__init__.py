@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-# _backbones / _heads exports are maintained by the model layer; _attention, _functional, _graph,
-# _reference and _stats (and the engine modules behind them) by the engine
 from ._attention import GraphDiffusionAttention
 from ._backbones import (
     CategoryValueEncoder,

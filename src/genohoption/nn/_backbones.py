@@ -119,7 +119,7 @@ class ExprDecoder(nn.Module):
 
 
 class GenoHoptionLayer(nn.Module):
-    """Post-LN transformer layer with graph-diffusion attention (Graph2Seq, DESIGN.md §1.3).
+    """Post-LN transformer layer with graph-diffusion attention (the Graph2Seq step of Cheng et al.).
 
     ``x = norm1(x + dropout1(Attn(x)))``; ``x = norm2(x + dropout2(linear2(dropout(act(linear1(x))))))``,
     as scGPT's and BERT's post-LN layers. ``Attn`` is :class:`GraphDiffusionAttention`.
@@ -193,7 +193,8 @@ class ScGPTBackbone(nn.Module):
     attention
         ``"ppr"``, ``"heat"``, ``"mask"`` or ``"dense"``.
     n_hops, alpha, t, normalize
-        Diffusion parameters (DESIGN.md §1.2; eqs. 6–10 of Cheng et al.).
+        Diffusion parameters (eqs. 6–10 of Cheng et al.; see
+        :func:`~genohoption.nn.graph_diffusion_attention`).
     gene_to_token
         ``(n_genes,)`` int64 vocabulary id of each gene (``-1`` = unmatched) of a pretrained vocabulary;
         ``None`` (default) for the from-scratch ids above. Stored as a buffer.

@@ -74,9 +74,9 @@ def graph_diffusion_attention(
         synchronisation per hop. The hops used are returned by :func:`~genohoption.nn.last_diffusion_stats`
         and logged at DEBUG level; the backward pass uses the same number.
     backend
-        Sparse kernels: ``"numba"`` (CPU kernels with prefetched row gathers, about 2x faster per hop than
-        MKL at head width 64, see ``benchmarks/README.md``), ``"torch"`` (``torch.sparse`` CSR: MKL on CPU,
-        cuSPARSE on CUDA) or ``"auto"`` (default: ``"numba"`` for CPU float tensors, else ``"torch"``).
+        Sparse kernels: ``"numba"`` (CPU kernels with prefetched row gathers, :mod:`genohoption.nn._kernels`),
+        ``"torch"`` (``torch.sparse`` CSR: MKL on CPU, cuSPARSE on CUDA) or ``"auto"`` (default: ``"numba"``
+        for CPU float tensors, else ``"torch"``).
         Both give the same values to rounding. If the numba kernels cannot be imported, compiled or loaded,
         ``"auto"`` runs ``"torch"`` instead and warns once per process (a :class:`RuntimeWarning`).
 

@@ -86,7 +86,7 @@ class _Intermediate(nn.Module):
 
 
 class GeneformerLayer(nn.Module):
-    """Post-LN BERT layer with graph-diffusion attention (Graph2Seq, DESIGN.md §1.3).
+    """Post-LN BERT layer with graph-diffusion attention (the Graph2Seq step of Cheng et al.).
 
     ``h = LN(x + dropout(out_proj(Attn(x))))``; ``y = LN(h + dropout(W_o act(W_i h)))``.
     """

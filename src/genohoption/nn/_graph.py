@@ -13,6 +13,8 @@ from dataclasses import InitVar, dataclass, field
 
 import torch
 
+from .._csr import check_csr, is_integer
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["BatchGraph", "check_csr_tensors", "induced_batch_graph"]
@@ -20,50 +22,21 @@ __all__ = ["BatchGraph", "check_csr_tensors", "induced_batch_graph"]
 _INT32_MAX = 2**31 - 1
 
 
-def _is_integer(t: torch.Tensor) -> bool:
-    return not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
-
-
 def check_csr_tensors(indptr: torch.Tensor, indices: torch.Tensor, n_rows: int, n_cols: int, where: str) -> None:
     """Check CSR index tensors before any kernel reads them (a bad structure can crash the interpreter).
 
-    Parameters
-    ----------
-    indptr
-        ``(n_rows + 1,)`` row pointers.
-    indices
-        ``(nnz,)`` column indices.
-    n_rows, n_cols
-        Shape of the matrix.
-    where
-        Name of the matrix, for messages.
+    :func:`genohoption._csr.check_csr` (the check the AnnData inputs get) on torch tensors, on their device:
+    ``O(n_rows + nnz)`` element-wise work and a few device synchronisations.
 
     Raises
     ------
     ValueError
-        If the tensors are not 1-D integer tensors, ``indptr`` has the wrong length, does not start at 0,
-        decreases or does not end at ``len(indices)``, or an index is negative or ``>= n_cols``.
-
-    Notes
-    -----
-    ``O(n_rows + nnz)`` element-wise work, a few device synchronisations.
+        If ``indptr`` or ``indices`` is not a torch tensor, or for a corrupt structure
+        (``"<where> is not a valid CSR matrix (<problem>)."``).
     """
     if not (isinstance(indptr, torch.Tensor) and isinstance(indices, torch.Tensor)):
         raise ValueError(f"{where}: indptr and indices must be torch tensors.")
-    if indptr.ndim != 1 or indices.ndim != 1 or not (_is_integer(indptr) and _is_integer(indices)):
-        raise ValueError(f"{where} is not a valid CSR graph: indptr and indices must be 1-D integer tensors.")
-    if indptr.numel() != n_rows + 1:
-        raise ValueError(f"{where} is not a valid CSR graph: indptr has {indptr.numel()} entries, expected "
-                         f"n_rows + 1 = {n_rows + 1}.")
-    if int(indptr[0]) != 0 or int(indptr[-1]) != indices.numel():
-        raise ValueError(f"{where} is not a valid CSR graph: indptr must run from 0 to len(indices) = "
-                         f"{indices.numel()}, got {int(indptr[0])}..{int(indptr[-1])}.")
-    if n_rows and bool((indptr[1:] < indptr[:-1]).any()):
-        raise ValueError(f"{where} is not a valid CSR graph: indptr decreases (row pointers must be "
-                         "non-decreasing).")
-    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n_cols):
-        raise ValueError(f"{where} is not a valid CSR graph: column indices must be in [0, {n_cols}), got "
-                         f"{int(indices.min())}..{int(indices.max())}.")
+    check_csr(indptr, indices, n_rows, n_cols, where)
 
 
 @dataclass(frozen=True, eq=False)
@@ -304,7 +277,7 @@ def induced_batch_graph(
         raise ValueError(f"tokens must have shape (B, L), got {tuple(tokens.shape)}.")
     if graph_indptr.ndim != 1 or graph_indptr.numel() < 1 or graph_indices.ndim != 1:
         raise ValueError("graph_indptr must be 1-D (n_genes + 1,) and graph_indices 1-D (nnz,).")
-    if not _is_integer(tokens):
+    if not is_integer(tokens):
         raise ValueError(f"tokens must be integer gene indices, got dtype {tokens.dtype}.")
     n_genes = graph_indptr.numel() - 1
     check_csr_tensors(graph_indptr, graph_indices, n_genes, n_genes, "the gene graph")

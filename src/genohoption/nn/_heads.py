@@ -46,8 +46,7 @@ class ClsDecoder(nn.Module):
         ``True`` / ``False`` are read as ``"batch"`` / ``None``. A model trained from scratch starts with
         cell embeddings that differ between cells by a small fraction of their norm (the CLS token's own,
         shared, embedding dominates the residual stream); standardising each feature across cells lets
-        the head use those differences from the first step, which a per-cell LayerNorm does not
-        (``benchmarks/README.md``, section annotation).
+        the head use those differences from the first step, which a per-cell LayerNorm does not.
 
     Raises
     ------

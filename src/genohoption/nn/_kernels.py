@@ -11,17 +11,17 @@ Why not ``torch.sparse`` (MKL) on CPU: with ``d = 64`` a hop is bound by the lat
 ``x[col[e]]`` (each a 256-byte random read from L2/L3), not by arithmetic, and MKL's CSR product issues the
 gathers without look-ahead. Here every thread keeps the ``d`` accumulators of its row in registers (a stack
 array of compile-time length, one kernel per ``d``) and prefetches the row needed ``PREFETCH_DISTANCE`` edges
-ahead (timings in ``benchmarks/README.md``). The loops over ``d`` are vectorised (compiled with LLVM's SLP
-vectorizer, see :func:`_slp_vectorized`). CUDA keeps using ``torch.sparse`` (cuSPARSE).
+ahead. The loops over ``d`` are vectorised (compiled with LLVM's SLP vectorizer, see :func:`_slp_vectorized`).
+CUDA keeps using ``torch.sparse`` (cuSPARSE).
 
 Threads: the kernels run on ``torch.get_num_threads()`` threads (numba's pool, capped by
 ``NUMBA_NUM_THREADS``); with one thread, or for less than :data:`PARALLEL_MIN_WORK` multiply-adds, a serial
 build runs, which never wakes the pool (waking it costs more than such a call, and its idle workers wait). The calling thread's
 numba thread count and ``numba.config`` are the same after a call as before it.
 
-Kernels are compiled on first use for each head dimension ``d``, dtype and index dtype (a second or two
-each) and cached on disk by numba (``NUMBA_CACHE_DIR``), so later processes load them. Any error while
-compiling or loading them is raised as :class:`KernelError`.
+Kernels are compiled on first use for each head dimension ``d``, dtype and index dtype and cached on disk by
+numba (``NUMBA_CACHE_DIR``), so later processes load them. Any error while compiling or loading them is raised
+as :class:`KernelError`.
 """
 
 from __future__ import annotations
@@ -48,12 +48,11 @@ except Exception as exc:  # pragma: no cover - broken environments (e.g. numba t
 
 __all__ = ["IMPORT_ERROR", "PREFETCH_DISTANCE", "KernelError", "available", "sddmm", "spmm"]
 
-# timings were flat between 8 and 24 on the benchmark machine
 PREFETCH_DISTANCE = 16
 """Edges ahead whose gathered row is prefetched."""
 
 PARALLEL_MIN_WORK = 2**15
-"""Calls with fewer multiply-adds (edges x head dimension) run the serial build (tens of microseconds)."""
+"""Calls with fewer multiply-adds (edges x head dimension) run the serial build (never waking the pool)."""
 
 _DTYPES = (torch.float32, torch.float64)
 

@@ -258,7 +258,7 @@ def coexpression_topk_approx(
     four standard errors; their exact correlations over all cells are then computed pair by pair
     (each unordered pair once: a dense standardised gene block gathered at the partner's non-zeros,
     numba) and the top ``k`` above ``min_corr`` kept. Returned ``|r|`` are exact; only neighbours
-    missed by the sketch are lost (recall is reported by ``benchmarks/gene_graph.py``).
+    missed by the sketch are lost.
     """
     gm_rows = X.shape[0]
     if gm_rows <= n_sketch_cells:

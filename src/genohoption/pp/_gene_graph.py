@@ -86,8 +86,9 @@ def build_gene_graph(
         (e.g. from :func:`anndata.experimental.read_elem_lazy`): these two are read once in chunks of
         cells (dask: one task per block of rows, on dask's current scheduler, so a ``distributed``
         cluster spreads it over many workers), never whole; only ``method="exact"`` applies to them.
-        Memory then does not grow with the number of cells (about 1 GiB at 5,000 genes; more genes
-        take one pass over the data per 512 MiB band of gene-gene sums). Same edges as in memory.
+        Memory then does not grow with the number of cells: the float64 gene-gene sums are held in bands
+        of at most 512 MiB, one pass over the data per band (one band up to about 8,000 genes). Same edges
+        as in memory.
     layer
         Layer to use instead of ``adata.X``. Values must be finite and non-negative. Integer (and
         boolean) data are upcast to float32; float64 is computed in float32; float16 is refused.
@@ -102,9 +103,8 @@ def build_gene_graph(
         Keep co-expression neighbours with ``|r| > min_corr``; in ``[0, 1)``.
     method
         ``"exact"``: all pairs. ``"approx"``: ``5 * n_neighbors`` candidates per gene from
-        correlations on a random subsample of 2,048 cells, re-ranked exactly on all cells (much
-        faster for many cells; edge recall against exact is in ``benchmarks/README.md``). Equal to
-        ``"exact"`` for ``<= 2,048`` cells.
+        correlations on a random subsample of 2,048 cells, re-ranked exactly on all cells (a neighbour
+        the subsample misses is lost). Equal to ``"exact"`` for ``<= 2,048`` cells.
     cells
         Cells used for the correlations (e.g. the training cells only, so query cells never leak):
         a boolean mask of length ``n_obs``, or ``(obs_key, value)`` / ``(obs_key, [values, ...])``.
