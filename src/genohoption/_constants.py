@@ -1,5 +1,7 @@
-"""Keys written to or read from :class:`~anndata.AnnData` and minibatches, and the file names of a saved model,
-defined once (no imports)."""
+"""Keys written to or read from AnnData objects and minibatches, and the file names of a saved model.
+
+Each is defined once here; this module imports nothing.
+"""
 
 from __future__ import annotations
 

@@ -110,7 +110,7 @@ def csr_problem(indptr, indices, n_rows: int, n_cols: int) -> str | None:
 
 
 def structure_error(where: str, problem: str, fix: str | None = None, layout: str = "CSR") -> ValueError:
-    """The error for a corrupt structure: ``"<where> is not a valid <layout> matrix (<problem>); <fix>."``."""
+    """Return the error for a corrupt structure: ``"<where> is not a valid <layout> matrix (<problem>); <fix>."``."""
     return ValueError(f"{where} is not a valid {layout} matrix ({problem})" + (f"; {fix}." if fix else "."))
 
 

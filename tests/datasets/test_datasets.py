@@ -7,7 +7,6 @@ from scipy import sparse
 
 import genohoption as gh
 
-
 # --- pbmc68k_reduced ----------------------------------------------------------------------------
 
 

@@ -60,7 +60,7 @@ def check_convert_legacy_save(saved, capsys):
 
 
 def check_load(saved, capsys):
-    model, path, adata = saved
+    model, _, adata = saved
     loaded = _loaded(saved)
     assert loaded.adata_manager is not None and loaded.is_trained_
     np.testing.assert_array_equal(loaded.get_latent_representation(adata), model.get_latent_representation(adata))

@@ -128,7 +128,7 @@ def check_data(reference, query, labels_key: str, args: argparse.Namespace) -> N
     """Check the loaded data: labels, gene symbols, gene names, cells, expression values, shared genes.
 
     The checks of the package (:mod:`genohoption._validate`) raise typed errors, translated into one-line
-    :class:`UserError`\\ s; the rest compares the two files. Warnings go to stderr as one line each.
+    :class:`UserError` exceptions; the rest compares the two files. Warnings go to stderr as one line each.
     """
     from .._validate import (
         check_labels,

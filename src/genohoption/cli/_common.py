@@ -58,8 +58,8 @@ def add_run_options(parser: argparse.ArgumentParser, *, threads_help: str, save_
         parser.add_argument("--save-model", type=Path, default=None, metavar="DIR",
                             help="also save the trained model there (GenoHoptionModel.load reads it)")
     parser.add_argument("-v", "--verbose", action="store_true",
-                        help="also show the messages of scvi-tools and Lightning (seed, accelerator, tips) and "
-                        "their deprecation warnings, hidden by default")
+                        help="also show the INFO messages of scvi-tools and Lightning (seed, accelerator), "
+                        "hidden by default")
 
 
 # ---------------------------------------------------------------------------- errors and warnings
@@ -168,12 +168,12 @@ def check_prior_and_outputs(args: argparse.Namespace) -> None:
 
 
 def prior_of(args: argparse.Namespace):
-    """The ``prior=`` of :func:`genohoption.pp.build_gene_graph` that ``--prior`` names."""
+    """Return the ``prior=`` of :func:`genohoption.pp.build_gene_graph` that ``--prior`` names."""
     return {"default": "default", "none": None}.get(args.prior.lower(), args.prior)
 
 
 def unreadable(path: Path, option: str, err: Exception) -> UserError:
-    """The error for a file that cannot be read as .h5ad (``err``: what the reader raised)."""
+    """Return the error for a file that cannot be read as .h5ad (``err``: what the reader raised)."""
     first = str(err).strip().splitlines()[0] if str(err).strip() else ""
     return UserError(f"{option} {path}: cannot read it as .h5ad ({type(err).__name__}: {first}); give an AnnData "
                      "file written by anndata / scanpy.")
@@ -208,16 +208,10 @@ def yielding_thread_pools() -> None:
 
 
 THIRD_PARTY_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "scvi")
-"""Loggers whose INFO messages (seed, accelerator, advertisements) the commands show only with ``--verbose``.
+"""Loggers whose INFO messages (seed, accelerator) the commands show only with ``--verbose``.
 
 Lightning sets the levels of ``lightning.pytorch`` and ``lightning.fabric`` when it is imported, so
 :func:`start_training` sets them after importing it."""
-
-HIDDEN_WARNINGS = (
-    # Lightning building pytree specs the way torch deprecates (lightning/pytorch/utilities/_pytree.py)
-    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\.pytorch\.utilities\._pytree"),
-)
-"""(message, category, module) of third-party internal deprecations hidden without ``--verbose``."""
 
 _levels_before: dict[str, int] = {}
 
@@ -239,9 +233,9 @@ def console_output(verbose: bool) -> Iterator[None]:
 
     genohoption's INFO messages go to stderr, once, as plain lines (a handler on the ``genohoption`` logger,
     which then does not propagate; the root logger is left alone, so Lightning and scvi-tools keep their own
-    handlers and nothing is printed twice). Unless ``verbose``, the third-party internal deprecations of
-    :data:`HIDDEN_WARNINGS` are filtered out and :func:`start_training` turns :data:`THIRD_PARTY_LOGGERS`
-    down to WARNING.
+    handlers and nothing is printed twice). Unless ``verbose``, :func:`start_training` turns
+    :data:`THIRD_PARTY_LOGGERS` down to WARNING. (Lightning's advertisement and internal deprecations are
+    hidden by the package's training itself.)
     """
     package = logging.getLogger("genohoption")
     level, propagate = package.level, package.propagate
@@ -252,11 +246,7 @@ def console_output(verbose: bool) -> Iterator[None]:
     package.propagate = False
     _levels_before.clear()
     try:
-        with warnings.catch_warnings():
-            if not verbose:
-                for message, category, module in HIDDEN_WARNINGS:
-                    warnings.filterwarnings("ignore", message=message, category=category, module=module)
-            yield
+        yield
     finally:
         package.removeHandler(handler)
         package.setLevel(level)

@@ -14,7 +14,7 @@ COMMANDS = {_annotate.COMMAND: _annotate, _perturb.COMMAND: _perturb}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of every command."""
+    """Return the parser of every command."""
     parser = Parser(prog=PROG, description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMANDS.values():

@@ -5,9 +5,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +27,44 @@ if TYPE_CHECKING:
 
 CKPT_SHORTCUTS = ("last", "best", "hpc", "registry")
 """``ckpt_path`` values Lightning resolves itself (not file paths)."""
+
+HIDDEN_WARNINGS = (
+    # Lightning 2.6 building pytree specs the way torch 2.13 deprecates (lightning/pytorch/utilities/_pytree.py)
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\.pytorch\.utilities\._pytree"),
+)
+"""(message, category, module) of third-party internal deprecations that training does not show users."""
+
+ADVERTISEMENTS = ("litlogger",)
+"""Words of third-party log lines that advertise a product (Lightning's cloud-logger tip); training drops them."""
+
+
+class _DropAdvertisements(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(word in message for word in ADVERTISEMENTS)
+
+
+@contextlib.contextmanager
+def quiet_training() -> Iterator[None]:
+    """Within the block, hide third-party noise that says nothing about the user's run.
+
+    Lightning's internal deprecations (:data:`HIDDEN_WARNINGS`) are filtered by message, category and module,
+    and its advertisement log line (:data:`ADVERTISEMENTS`) is dropped from the logger that emits it; every
+    other warning and log line (seed, accelerator, progress bar) is unchanged, and both filters are removed
+    when the block ends.
+    """
+    from lightning_utilities.core import rank_zero
+
+    emitter = rank_zero.log  # the logger of Lightning's rank_zero_info
+    drop = _DropAdvertisements()
+    emitter.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            for message, category, module in HIDDEN_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=category, module=module)
+            yield
+    finally:
+        emitter.removeFilter(drop)
 
 
 def check_training_args(max_epochs: Any, batch_size: Any, train_size: Any, validation_size: Any,
@@ -79,7 +120,8 @@ def fit(
     ``host.history_``, ``host.is_trained_`` and the split indices are set by scvi-tools, and the module is
     in evaluation mode. See :meth:`GenoHoptionModel.train` for the arguments.
 
-    Callbacks added unless the caller gave one of the kind: :class:`~genohoption.model.PreciseBatchNorm`,
+    Third-party noise is hidden during the run (:func:`quiet_training`). Callbacks added unless the caller
+    gave one of the kind: :class:`~genohoption.model.PreciseBatchNorm`,
     :class:`~genohoption.model.RestoreBestWeights` (with validation cells and ``restore_best_weights``)
     and :class:`~genohoption.model.EpochSeed` (seeded by ``scvi.settings.seed``).
 
@@ -129,14 +171,15 @@ def fit(
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
     trainer_kwargs.setdefault("log_every_n_steps", 1)  # metrics are logged per epoch; no warning for few batches
     host.module.train()  # a loaded model is in evaluation mode
-    TrainRunner(
-        host,
-        training_plan=plan,
-        data_splitter=splitter,
-        max_epochs=max_epochs,
-        accelerator=accelerator,
-        devices=devices,
-        early_stopping=early_stopping and has_validation,
-        callbacks=callbacks,
-        **trainer_kwargs,
-    )()
+    with quiet_training():
+        TrainRunner(
+            host,
+            training_plan=plan,
+            data_splitter=splitter,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            early_stopping=early_stopping and has_validation,
+            callbacks=callbacks,
+            **trainer_kwargs,
+        )()

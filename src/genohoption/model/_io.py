@@ -19,9 +19,8 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as dump_tensors
 
-WEIGHTS_FILE = "model.safetensors"
-META_FILE = "model.json"
-ADATA_FILE = "adata.h5ad"
+from .._constants import ADATA_FILE, META_FILE, WEIGHTS_FILE
+
 FORMAT_VERSION = 2
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import rich
 import rich.console
-import rich.pretty  # noqa: F401  (scvi-tools' printing of setup arguments uses it without importing it)
+import rich.pretty  # scvi-tools' printing of setup arguments uses it without importing it
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.model._utils import parse_device_args
@@ -390,7 +390,7 @@ class GenoHoptionModel(BaseModelClass):
         return query
 
     def _summary(self) -> str:
-        """What ``repr(model)`` shows, one group of facts per line (scvi-tools adds the training status)."""
+        """Return what ``repr(model)`` shows, one group of facts per line (scvi-tools adds the training status)."""
         p = self.params
         config = p.get("backbone_config") or {}
         source = f", pretrained from {config['source']}" if "source" in config else ""
@@ -1005,8 +1005,9 @@ class GenoHoptionModel(BaseModelClass):
     @classmethod
     def convert_legacy_save(cls, dir_path: str, output_dir_path: str, overwrite: bool = False,
                             prefix: str | None = None, **save_kwargs) -> None:
-        """Not needed: every model this package saved is read by :meth:`load` (scvi-tools converts saves of
-        scvi-tools < 0.15, which never held a GenoHoptionModel).
+        """Refuse: there is no legacy format to convert (scvi-tools converts saves of scvi-tools < 0.15).
+
+        Every model this package saved is read by :meth:`load`.
 
         Raises
         ------

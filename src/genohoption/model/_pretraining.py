@@ -84,8 +84,7 @@ class PretrainingTask(Task):
 
 @dataclass
 class TrainingRun:
-    """One training run of a module on registered data: what scvi-tools' :class:`~scvi.train.TrainRunner` reads
-    and writes.
+    """One training run of a module on registered data (what scvi-tools' TrainRunner reads and writes).
 
     :meth:`GenoHoptionModel.train` runs on the model itself; :meth:`GenoHoptionModel.pretrain` runs the
     pretraining of an annotation model's backbone on a run of its own, so that the model's own training

@@ -191,7 +191,7 @@ class Task:
     @classmethod
     def backbone_config(cls, config: dict | None, checkpoint: PretrainedCheckpoint | None,
                         registry: dict) -> dict | None:
-        """The architecture of a pretrained backbone as saved with the model (a new dict; default: as read)."""
+        """Return the architecture of a pretrained backbone as saved with the model (a new dict; default: as read)."""
         return None if config is None else dict(config)
 
     # ---------------------------------------------------------------- model construction
