@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from genohoption import _symbols
@@ -25,21 +28,20 @@ def test_symbol_keys_ignore_case_and_resolve():
     assert _symbols.symbol_keys(np.array([], dtype=str)).size == 0
 
 
-def test_table_content_and_checksum(tmp_path, monkeypatch):
+def test_table_content():
     table = _symbols.hgnc_table()
     assert list(table.columns) == ["name", "symbol", "kind"]
     counts = table["kind"].value_counts()
     assert counts["previous"] > 15_000 and counts["alias"] > 40_000 and counts["uniprot"] > 20_000
     assert not table.loc[table["kind"] != "uniprot", "name"].duplicated().any()
-    data = (_symbols._DATA_DIR / _symbols._SYMBOLS_FILE).read_bytes()
-    (tmp_path / _symbols._SYMBOLS_FILE).write_bytes(data[:-10] + b"0" * 10)
-    monkeypatch.setattr(_symbols, "_DATA_DIR", tmp_path)
-    _symbols.hgnc_table.cache_clear()
-    try:
-        with pytest.raises(OSError, match="sha256"):
-            _symbols.hgnc_table()
-        (tmp_path / _symbols._SYMBOLS_FILE).unlink()
-        with pytest.raises(FileNotFoundError, match="make_default_prior"):
-            _symbols.hgnc_table()
-    finally:
-        _symbols.hgnc_table.cache_clear()
+
+
+def test_packaged_files_are_checked(tmp_path):
+    path = tmp_path / "table.parquet"
+    pd.DataFrame({"name": ["MARCH8"], "symbol": ["MARCHF8"]}).to_parquet(path)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert _symbols.read_packaged_parquet(path, sha, "HGNC symbol table")["symbol"].tolist() == ["MARCHF8"]
+    with pytest.raises(OSError, match=r"packaged HGNC symbol table .* corrupted .*sha256 .*make_default_prior"):
+        _symbols.read_packaged_parquet(path, "0" * 64, "HGNC symbol table")
+    with pytest.raises(FileNotFoundError, match=r"missing; reinstall .*make_default_prior"):
+        _symbols.read_packaged_parquet(tmp_path / "nope.parquet", sha, "HGNC symbol table")

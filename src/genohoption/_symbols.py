@@ -42,9 +42,17 @@ HGNC_SOURCE = "HGNC custom download of 2024-07-23, as shipped in the PyPI wheel 
 _KIND_ORDER = ("previous", "alias", "uniprot")
 
 
-@lru_cache(maxsize=1)
-def hgnc_table() -> pd.DataFrame:
-    """Return the packaged HGNC table (``name``, ``symbol``, ``kind``), its sha256 checked (cached: do not modify).
+def read_packaged_parquet(path: Path, sha256: str, what: str) -> pd.DataFrame:
+    """Read a parquet file shipped with the package after checking its sha256.
+
+    Parameters
+    ----------
+    path
+        The file (under ``datasets/data``).
+    sha256
+        Its expected sha256, as printed by ``scripts/make_default_prior.py``.
+    what
+        What the file is, for error messages (``"default prior"``).
 
     Raises
     ------
@@ -53,20 +61,24 @@ def hgnc_table() -> pd.DataFrame:
     OSError
         If it fails its checksum.
     """
-    path = _DATA_DIR / _SYMBOLS_FILE
+    fix = "`python scripts/make_default_prior.py`"
     if not path.exists():
         raise FileNotFoundError(
-            f"The packaged HGNC symbol table {path} is missing; reinstall genohoption or regenerate it with "
-            "`python scripts/make_default_prior.py`."
+            f"The packaged {what} {path} is missing; reinstall genohoption or regenerate it with {fix}."
         )
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    if sha != _SYMBOLS_SHA256:
+    if sha != sha256:
         raise OSError(
-            f"The packaged HGNC symbol table {path} is corrupted or was modified (sha256 {sha}, expected "
-            f"{_SYMBOLS_SHA256}). Reinstall genohoption or regenerate it with "
-            "`python scripts/make_default_prior.py` and update the hash."
+            f"The packaged {what} {path} is corrupted or was modified (sha256 {sha}, expected {sha256}). "
+            f"Reinstall genohoption or regenerate it with {fix} and update the hash."
         )
     return pd.read_parquet(path)
+
+
+@lru_cache(maxsize=1)
+def hgnc_table() -> pd.DataFrame:
+    """Return the packaged HGNC table (``name``, ``symbol``, ``kind``), its sha256 checked (cached: do not modify)."""
+    return read_packaged_parquet(_DATA_DIR / _SYMBOLS_FILE, _SYMBOLS_SHA256, "HGNC symbol table")
 
 
 @lru_cache(maxsize=1)

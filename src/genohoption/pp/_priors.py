@@ -7,7 +7,6 @@ input has none), as used by decoupler and OmniPath.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from functools import lru_cache
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .._symbols import read_packaged_parquet
 
 PRIOR_COLUMNS = ("source", "target", "weight")
 """Columns of a normalised prior network."""
@@ -33,20 +34,7 @@ _CONFIDENCE_LEVELS = ("A", "B", "C", "D", "E")
 @lru_cache(maxsize=1)
 def _load_default_prior() -> pd.DataFrame:
     """Read the packaged default prior after checking its sha256 (cached; callers must copy)."""
-    path = _DATA_DIR / _DEFAULT_PRIOR_FILE
-    if not path.exists():
-        raise FileNotFoundError(
-            f"The packaged default prior {path} is missing; reinstall genohoption or regenerate it with "
-            "`python scripts/make_default_prior.py`."
-        )
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    if sha != _DEFAULT_PRIOR_SHA256:
-        raise OSError(
-            f"The packaged default prior {path} is corrupted or was modified (sha256 {sha}, expected "
-            f"{_DEFAULT_PRIOR_SHA256}). Reinstall genohoption or regenerate it with "
-            "`python scripts/make_default_prior.py` and update the hash."
-        )
-    return pd.read_parquet(path)
+    return read_packaged_parquet(_DATA_DIR / _DEFAULT_PRIOR_FILE, _DEFAULT_PRIOR_SHA256, "default prior")
 
 
 def default_prior() -> pd.DataFrame:
