@@ -6,10 +6,15 @@ GEARS (Roohani et al., 2023) writes a cell's condition as ``"ctrl"`` (control), 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+
+from ._symbols import approved_symbol, symbol_keys, symbol_kind
+
+logger = logging.getLogger(__name__)
 
 
 def parse_condition(condition: str, control_value: str = "ctrl") -> tuple[str, ...]:
@@ -91,9 +96,11 @@ class GeneUniverse:
     to measured genes (either direction: the measured genes it regulates and those regulating it), in
     CSR form over measured positions. Plain data (numpy arrays), saved with a model.
 
-    Matching a symbol: exact among the measured genes, then case-insensitively among the measured
-    genes, then case-insensitively among the extra genes (as :func:`genohoption.pp.build_gene_graph`
-    matches prior networks).
+    Finding a symbol (:meth:`lookup`): the exact symbol (measured genes first), else another HGNC symbol
+    of the same gene — a previous or alias symbol (``MARCH8`` finds ``MARCHF8``, ``p53`` finds ``TP53``,
+    and ``MARCHF8`` finds a gene measured as ``MARCH8``). A symbol that matches a gene only when letter
+    case is ignored (``ctcf`` for ``CTCF``) is not found: :func:`condition_gene_indices` and
+    :func:`gene_universe` raise an error naming the right symbol.
 
     Parameters
     ----------
@@ -117,6 +124,8 @@ class GeneUniverse:
         if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= self.measured.size):
             raise ValueError("GeneUniverse: indices must be positions of measured genes.")
         self._index: dict[str, int] | None = None
+        self._by_gene: dict[str, int] | None = None
+        self._by_key: dict[str, int] | None = None
 
     @property
     def n_measured(self) -> int:
@@ -128,6 +137,11 @@ class GeneUniverse:
         """Number of extra (unmeasured) genes."""
         return int(self.extra.size)
 
+    @property
+    def symbols(self) -> np.ndarray:
+        """``(n_measured + n_extra,)`` symbols of the universe, measured genes first."""
+        return np.concatenate([self.measured, self.extra])
+
     def __len__(self) -> int:
         return self.n_measured + self.n_extra
 
@@ -136,21 +150,47 @@ class GeneUniverse:
                 f"{self.indices.size} edges from extra to measured genes)")
 
     def index(self) -> dict[str, int]:
-        """Symbol → universe position (exact measured symbols, then upper-case measured, then upper-case extra)."""
+        """Symbol → universe position, exact spelling (a symbol of several measured genes: the first)."""
         if self._index is None:
-            out = gene_index(self.measured)
-            for i, s in enumerate(self.measured):
-                out.setdefault(s.upper(), i)
-            for k, s in enumerate(self.extra):
-                out.setdefault(s.upper(), self.n_measured + k)
-            self._index = out
+            self._index = gene_index(self.symbols)
         return self._index
 
+    def _indexes(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Approved HGNC symbol (exact spelling) → position, and matching key (case ignored) → position."""
+        if self._by_gene is None:
+            symbols = self.symbols
+            self._by_gene = gene_index([approved_symbol(s) or s for s in symbols])
+            self._by_key = gene_index(symbol_keys(symbols))
+        return self._by_gene, self._by_key
+
+    def lookup(self, symbol: str) -> tuple[int | None, str]:
+        """Find ``symbol`` in the universe, and say how.
+
+        Returns
+        -------
+        ``(position, how)``: ``how`` is ``"exact"``; ``"alias"`` when ``symbol`` and the universe's symbol
+        are two HGNC symbols of one gene (previous or alias symbol, exact spelling); ``"case"`` when they
+        match only with letter case ignored (the position is then that of the gene meant, for an error
+        message: callers must not use it silently); ``"missing"`` with position ``None``.
+        """
+        pos = self.index().get(symbol)
+        if pos is not None:
+            return pos, "exact"
+        by_gene, by_key = self._indexes()
+        pos = by_gene.get(approved_symbol(symbol) or symbol)
+        if pos is not None:
+            return pos, "alias"
+        pos = by_key.get(symbol_keys([symbol])[0])
+        return (pos, "case") if pos is not None else (None, "missing")
+
     def find(self, symbol: str) -> int | None:
-        """Universe position of ``symbol`` or ``None``."""
-        index = self.index()
-        pos = index.get(symbol)
-        return pos if pos is not None else index.get(symbol.upper())
+        """Universe position of ``symbol`` (exact, or another HGNC symbol of the same gene) or ``None``."""
+        pos, how = self.lookup(symbol)
+        return pos if how in ("exact", "alias") else None
+
+    def symbol(self, position: int) -> str:
+        """Symbol of universe gene ``position``."""
+        return str(self.measured[position] if position < self.n_measured else self.extra[position - self.n_measured])
 
     def neighbors(self, position: int) -> np.ndarray:
         """Measured positions joined to universe gene ``position`` (empty for a measured gene)."""
@@ -172,6 +212,24 @@ class GeneUniverse:
         return cls(measured, state["universe_genes"], state["universe_indptr"], state["universe_indices"])
 
 
+def _case_message(pairs: list[tuple[str, str]], what: str) -> str:
+    """Error text for symbols that match a universe gene only with letter case ignored."""
+    listed = ", ".join(f"{given!r} → write {meant!r}" for given, meant in pairs[:10])
+    more = f" (and {len(pairs) - 10} more)" if len(pairs) > 10 else ""
+    return (
+        f"Gene symbols of {what} match genes of the model only when letter case is ignored: {listed}{more}. "
+        "Symbols are matched exactly (and through HGNC previous and alias symbols): write them as the "
+        "gene universe does."
+    )
+
+
+def _log_aliases(pairs: dict[str, str], what: str) -> None:
+    for given, found in pairs.items():
+        kind = symbol_kind(given)
+        how = f"HGNC {kind} symbol of {approved_symbol(given)}" if kind else f"approved symbol of {found}"
+        logger.info("%s: gene %r is %r in the gene universe (%s).", what, given, found, how)
+
+
 def gene_universe(
     symbols: Sequence[str], network: pd.DataFrame | None = None, extra_genes: Iterable[str] = ()
 ) -> GeneUniverse:
@@ -185,41 +243,70 @@ def gene_universe(
         Prior regulatory network with ``source`` and ``target`` symbol columns (e.g.
         :func:`genohoption.pp.read_prior`), or ``None``. Its genes that are not measured become extra
         genes; an edge between an extra gene and a measured gene (either direction) joins them.
-        Matching is case-insensitive; self-edges are ignored.
+        Network genes are matched to measured genes as :func:`genohoption.pp.build_gene_graph` matches
+        them: on the approved HGNC symbol, letter case ignored (a network's ``MARCHF8`` is a measured
+        ``MARCH8``; for a network gene named twice, ``TF1`` and ``tf1``, the first spelling is kept).
+        Self-edges are ignored.
     extra_genes
         More symbols to accept as perturbed genes although they are neither measured nor in the network
-        (they get no edges).
+        (they get no edges). A previous or alias symbol of a gene already in the universe is that gene
+        (logged at INFO: ``MARCH8`` is the network's ``MARCHF8``); one of a new gene adds the gene under
+        its approved symbol.
 
     Returns
     -------
-    :class:`GeneUniverse`, extra genes sorted by symbol.
+    :class:`GeneUniverse`, extra genes sorted by their matching key (upper-case approved symbol).
+
+    Raises
+    ------
+    KeyError
+        If an extra gene matches a gene of the universe only when letter case is ignored (``"ctcf"`` for
+        ``"CTCF"``); the message names the symbol to write.
     """
     measured = np.asarray(symbols, dtype=str)
-    upper_measured = pd.Index(np.char.upper(measured))
+    measured_keys = pd.Index(symbol_keys(measured))
     spelled: dict[str, str] = {}
     rows = pd.DataFrame({"a": [], "b": []}, dtype=str)
     if network is not None and len(network):
         src = network["source"].astype(str).to_numpy()
         tgt = network["target"].astype(str).to_numpy()
-        for s in np.concatenate([src, tgt]):
-            spelled.setdefault(s.upper(), s)
-        e = pd.DataFrame({"a": np.char.upper(src.astype(str)), "b": np.char.upper(tgt.astype(str))})
+        src_keys, tgt_keys = symbol_keys(src), symbol_keys(tgt)
+        for k, s in zip(np.concatenate([src_keys, tgt_keys]), np.concatenate([src, tgt]), strict=True):
+            spelled.setdefault(k, s)
+        e = pd.DataFrame({"a": src_keys, "b": tgt_keys})
         e = e[e["a"] != e["b"]]
         # unordered pairs: (extra gene, measured gene) in either direction
         rows = pd.concat([e, e.rename(columns={"a": "b", "b": "a"})], ignore_index=True)
-    for g in extra_genes:
-        spelled.setdefault(str(g).upper(), str(g))
-    measured_set = set(upper_measured)
-    extra_upper = sorted(u for u in spelled if u not in measured_set)
-    extra = np.asarray([spelled[u] for u in extra_upper], dtype=str)
-    slot = pd.Series(np.arange(len(extra_upper), dtype=np.int64), index=pd.Index(extra_upper))
-    positions = pd.DataFrame({"b": upper_measured, "col": np.arange(measured.size, dtype=np.int64)})
+    measured_set = set(measured_keys)
+    network_extra = {k: s for k, s in spelled.items() if k not in measured_set}
+    if extra_genes:
+        base = GeneUniverse(measured, sorted(network_extra.values()))
+        aliases, wrong_case = {}, []
+        for g in (str(g) for g in extra_genes):
+            pos, how = base.lookup(g)
+            if how == "alias":
+                aliases[g] = base.symbol(pos)
+            elif how == "case":
+                wrong_case.append((g, base.symbol(pos)))
+            elif how == "missing":
+                key = symbol_keys([g])[0]
+                if key not in network_extra:
+                    network_extra[key] = approved_symbol(g) or g
+                    if network_extra[key] != g:
+                        aliases[g] = network_extra[key]
+        if wrong_case:
+            raise KeyError(_case_message(wrong_case, "extra_genes"))
+        _log_aliases(aliases, "extra_genes")
+    extra_keys = sorted(network_extra)
+    extra = np.asarray([network_extra[k] for k in extra_keys], dtype=str)
+    slot = pd.Series(np.arange(len(extra_keys), dtype=np.int64), index=pd.Index(extra_keys, dtype=object))
+    positions = pd.DataFrame({"b": measured_keys, "col": np.arange(measured.size, dtype=np.int64)})
     rows = rows[rows["a"].isin(slot.index) & rows["b"].isin(measured_set)]
     pairs = rows.merge(positions, on="b")
     pairs["row"] = slot.reindex(pairs["a"]).to_numpy()
     pairs = pairs[["row", "col"]].drop_duplicates().sort_values(["row", "col"])
-    indptr = np.zeros(len(extra_upper) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(pairs["row"].to_numpy(np.int64), minlength=len(extra_upper)), out=indptr[1:])
+    indptr = np.zeros(len(extra_keys) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(pairs["row"].to_numpy(np.int64), minlength=len(extra_keys)), out=indptr[1:])
     return GeneUniverse(measured, extra, indptr, pairs["col"].to_numpy(np.int64))
 
 
@@ -234,9 +321,10 @@ def condition_gene_indices(
     conditions
         GEARS condition strings.
     symbols
-        Gene symbols of the model's genes, in model order (exact matches only), or a
-        :class:`GeneUniverse`: indices are then universe positions (measured genes first, then the
-        extra genes).
+        Gene symbols of the model's genes, in model order, or a :class:`GeneUniverse`: indices are then
+        universe positions (measured genes first, then the extra genes). A gene is found by its exact
+        symbol or by another HGNC symbol of the same gene (``"MARCH8+ctrl"`` perturbs ``MARCHF8``; logged
+        at INFO), see :meth:`GeneUniverse.lookup`.
     control_value
         The control condition.
     what
@@ -247,18 +335,21 @@ def condition_gene_indices(
     ValueError
         For malformed conditions.
     KeyError
-        If a perturbed gene is not among ``symbols`` (not in the universe); the message names the genes.
+        If a perturbed gene is not among ``symbols`` (not in the universe), or matches one only when
+        letter case is ignored (``"ctcf+ctrl"`` for ``CTCF``); the message names the genes, and the
+        symbol to write.
     """
     parsed = parse_conditions(conditions, control_value)
     universe = symbols if isinstance(symbols, GeneUniverse) else None
-    if universe is not None:
-        find = universe.find
-    else:
-        index = gene_index(symbols)
-        find = index.get
-    missing = sorted({g for genes in parsed.values() for g in genes if find(g) is None})
+    found = universe if universe is not None else GeneUniverse(symbols)
+    genes = sorted({g for gs in parsed.values() for g in gs})
+    looked = {g: found.lookup(g) for g in genes}
+    wrong_case = [(g, found.symbol(pos)) for g, (pos, how) in looked.items() if how == "case"]
+    if wrong_case:
+        raise KeyError(_case_message(wrong_case, what))
+    missing = [g for g, (_, how) in looked.items() if how == "missing"]
     if missing:
-        bad = [c for c, genes in parsed.items() if any(g in missing for g in genes)]
+        bad = [c for c, gs in parsed.items() if any(g in missing for g in gs)]
         head = (f"Perturbed genes {missing[:10]!r}{' …' if len(missing) > 10 else ''} ({len(missing)} in all) of "
                 f"{what}")
         if universe is not None:
@@ -276,11 +367,12 @@ def condition_gene_indices(
             "(gh.datasets.read_gears(path, drop_unmeasured=True) does this on loading), or check that "
             "gene_symbols= names the var column with the symbols used in the conditions."
         )
+    _log_aliases({g: found.symbol(pos) for g, (pos, how) in looked.items() if how == "alias"}, what)
     width = max([len(g) for g in parsed.values()] + [1])
     table = np.full((len(conditions), width), -1, dtype=np.int64)
     for row, c in enumerate(conditions):
-        genes = parsed[c]
-        table[row, : len(genes)] = [find(g) for g in genes]
+        gs = parsed[c]
+        table[row, : len(gs)] = [looked[g][0] for g in gs]
     return table
 
 

@@ -105,6 +105,7 @@ def test_build_fields_and_types(adata_sym, small_prior, helpers):
         "n_prior_edges",
         "n_edges",
         "n_genes_in_prior",
+        "n_genes_matched_by_alias",
         "prior_coverage",
         "prior_edges_kept",
         "prior_edges_dropped",
@@ -152,6 +153,36 @@ def test_symbol_matching_via_gene_symbols_and_case(adata_corr, small_prior, help
     assert adata_corr.uns["gene_graph"]["n_prior_edges"] == 3
     assert (90 + 10, 1) not in helpers.graph_edges(adata_corr)
     assert (10, 1) in helpers.graph_edges(adata_corr)
+
+
+def test_previous_symbols_match_the_prior(caplog, helpers):
+    """A dataset measuring MARCH8 (HGNC's previous symbol) gets MARCHF8's edges of the default prior, as one
+    measuring MARCHF8 does; a network written with UniProt accessions matches symbols."""
+    import logging
+
+    net = gh.pp.read_prior("default")
+    regulators = sorted(net.loc[net["target"] == "MARCHF8", "source"])
+    assert regulators == ["ATF3", "MAX", "NFE2", "SIN3A", "USF1", "USF2"]
+    rng = np.random.default_rng(0)
+
+    def graph(symbols):
+        adata = ad.AnnData(rng.random((5, len(symbols)), dtype=np.float32), var=pd.DataFrame(index=symbols))
+        with caplog.at_level(logging.INFO, logger="genohoption.pp._gene_graph"):
+            gh.pp.build_gene_graph(adata, prior="default", edges="prior")
+        return adata
+
+    old = graph(["MARCH8", *regulators, "SEPT7"])
+    new = graph(["MARCHF8", *regulators, "SEPTIN7"])
+    assert (old.varp["gene_graph"] != new.varp["gene_graph"]).nnz == 0
+    assert set(old.varp["gene_graph"][0].indices) >= set(range(1, 7))  # MARCH8 attends to its 6 regulators
+    assert old.uns["gene_graph"]["n_genes_matched_by_alias"] == 2  # MARCH8 and SEPT7
+    assert new.uns["gene_graph"]["n_genes_matched_by_alias"] == 0
+    assert "2 genes of the data matched the prior network through another HGNC symbol" in caplog.text
+    assert "MARCH8 → MARCHF8" in caplog.text
+    by_accession = pd.DataFrame({"source": ["P04637", "P04637"], "target": ["CDKN1A", "march8"]})
+    adata = ad.AnnData(np.ones((2, 3), np.float32), var=pd.DataFrame(index=["TP53", "CDKN1A", "MARCHF8"]))
+    gh.pp.build_gene_graph(adata, prior=by_accession, edges="prior")
+    assert helpers.graph_edges(adata) == {(1, 0), (2, 0)}  # TP53 regulates CDKN1A and MARCHF8
 
 
 def test_duplicated_symbols_all_receive_edges(adata_corr, small_prior, helpers):

@@ -14,6 +14,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from .._constants import GRAPH_KEY, GRAPH_SOURCE_SUFFIX
+from .._symbols import symbol_keys
 from .._utils import _save_data
 from .._validate import as_anndata, check_key, check_unique_var_names, check_values, get_matrix, matrix_name
 from ._coexpression import (
@@ -111,8 +112,11 @@ def build_gene_graph(
         ``None``: all cells.
     gene_symbols
         Column of ``adata.var`` with gene symbols to match the prior on (e.g. ``"feature_name"``
-        when ``var_names`` are Ensembl IDs). ``None``: ``var_names``. Matching is case-insensitive;
-        when several genes share a symbol, every one of them receives the symbol's prior edges.
+        when ``var_names`` are Ensembl IDs). ``None``: ``var_names``. Symbols are matched on the
+        approved HGNC symbol of each side, letter case ignored: a gene measured under a previous or alias
+        symbol gets the edges of its approved symbol (``MARCH8`` those of ``MARCHF8``), and a network
+        written with older symbols or UniProt accessions matches too (the count is logged and stored).
+        When several genes share a symbol, every one of them receives the symbol's prior edges.
     edges
         ``"both"`` (default), or an ablation: ``"coexpression"`` (paper's "w/o GRN"; ``prior`` is
         ignored) or ``"prior"`` (paper's "w/o Co").
@@ -143,7 +147,8 @@ def build_gene_graph(
         ``"mean_degree"`` (edges per gene), ``"engine"`` (how the co-expression was computed:
         ``"in_memory"``, ``"streamed"`` for a backed matrix, ``"dask"``, or ``"none"`` without
         co-expression), ``"n_genes_in_prior"`` (genes whose symbol occurs in the
-        prior), ``"prior_coverage"`` (fraction of genes with at least one prior edge),
+        prior), ``"n_genes_matched_by_alias"`` (of those, genes found in the prior only through another
+        HGNC symbol of the same gene), ``"prior_coverage"`` (fraction of genes with at least one prior edge),
         ``"prior_edges_kept"`` / ``"prior_edges_dropped"`` (prior rows with both / not both genes
         present; self-regulation counts as dropped), ``"source_codes"`` (code → name).
 
@@ -175,7 +180,7 @@ def build_gene_graph(
     Cheng et al., "Bridging Gene Network Graphs and Single-Cell Foundation Models" (GenoHoption).
     Türei et al., Mol. Syst. Biol. (2021) (OmniPath); Müller-Dott et al., Nucleic Acids Res. (2023)
     (CollecTRI); Garcia-Alonso et al., Genome Res. (2019) (DoRothEA); Han et al., Nucleic Acids Res.
-    (2018) (TRRUST v2).
+    (2018) (TRRUST v2); Seal et al., Nucleic Acids Res. (2023) (HGNC).
 
     Examples
     --------
@@ -223,7 +228,8 @@ def build_gene_graph(
     # prior edges (validated before any heavy computation)
     prior_rows = np.empty(0, dtype=np.int64)
     prior_cols = np.empty(0, dtype=np.int64)
-    prior_stats = {"n_genes_in_prior": 0, "prior_edges_kept": 0, "prior_edges_dropped": 0}
+    prior_stats = {"n_genes_in_prior": 0, "n_genes_matched_by_alias": 0, "prior_edges_kept": 0,
+                   "prior_edges_dropped": 0}
     if use_prior:
         net = _resolve_prior(prior)
         symbols = _gene_symbols(adata, gene_symbols)
@@ -311,6 +317,7 @@ def build_gene_graph(
         "mean_degree": float(source.nnz / max(n_vars, 1)),
         "engine": engine,
         "n_genes_in_prior": int(prior_stats["n_genes_in_prior"]),
+        "n_genes_matched_by_alias": int(prior_stats["n_genes_matched_by_alias"]),
         "prior_coverage": prior_coverage,
         "prior_edges_kept": int(prior_stats["prior_edges_kept"]),
         "prior_edges_dropped": int(prior_stats["prior_edges_dropped"]),
@@ -423,13 +430,16 @@ def _gene_symbols(adata: AnnData, gene_symbols: str | None) -> pd.Series:
 
 
 def _match_prior(net: pd.DataFrame, symbols: pd.Series) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Graph entries ``[target, TF]`` (row, col) of prior edges, matched case-insensitively."""
-    genes = pd.DataFrame(
-        {"sym": symbols.astype("string").str.upper().to_numpy(), "idx": np.arange(len(symbols))}
-    )
-    genes = genes.dropna(subset=["sym"])
+    """Graph entries ``[target, TF]`` (row, col) of prior edges, matched on approved HGNC symbols.
+
+    Both the data's symbols and the network's names go through :func:`genohoption._symbols.symbol_keys`
+    (letter case ignored; previous / alias symbols and UniProt accessions to the approved symbol).
+    """
+    present = symbols.notna().to_numpy()
+    raw = symbols.astype("string").str.upper().to_numpy()[present]
+    genes = pd.DataFrame({"sym": symbol_keys(raw), "idx": np.flatnonzero(present)})
     e = pd.DataFrame(
-        {"source": net["source"].astype(str).str.upper(), "target": net["target"].astype(str).str.upper()}
+        {"source": symbol_keys(net["source"].astype(str)), "target": symbol_keys(net["target"].astype(str))}
     )
     e = e.drop_duplicates()
     n_rows = len(e)
@@ -439,9 +449,19 @@ def _match_prior(net: pd.DataFrame, symbols: pd.Series) -> tuple[np.ndarray, np.
     m = kept.merge(genes.rename(columns={"sym": "target", "idx": "row"}), on="target")
     m = m.merge(genes.rename(columns={"sym": "source", "idx": "col"}), on="source")
     m = m.loc[m["row"] != m["col"]]
-    prior_syms = set(e["source"]) | set(e["target"])
+    prior_keys = set(e["source"]) | set(e["target"])
+    in_prior = genes["sym"].isin(prior_keys).to_numpy()
+    written = set(net["source"].astype(str).str.upper()) | set(net["target"].astype(str).str.upper())
+    by_alias = in_prior & ~pd.Series(raw).isin(written).to_numpy()
+    if by_alias.any():
+        examples = [f"{a} → {b}" for a, b in zip(raw[by_alias][:3], genes["sym"].to_numpy()[by_alias][:3], strict=True)]
+        logger.info(
+            "%d genes of the data matched the prior network through another HGNC symbol of the same gene "
+            "(previous or alias symbol, or UniProt accession, e.g. %s)", int(by_alias.sum()), ", ".join(examples),
+        )
     stats = {
-        "n_genes_in_prior": int(genes["sym"].isin(prior_syms).sum()),
+        "n_genes_in_prior": int(in_prior.sum()),
+        "n_genes_matched_by_alias": int(by_alias.sum()),
         "prior_edges_kept": len(kept),
         "prior_edges_dropped": int(n_rows - len(kept)),
     }

