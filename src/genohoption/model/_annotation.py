@@ -27,7 +27,7 @@ from .._validate import (
 )
 from ..module import AnnotationModule
 from ._pretrained import load_pretrained_weights
-from ._query import aligned_matrix, iter_rows
+from ._query import RowOutputs, aligned_matrix, iter_rows
 from ._task import Task, backbone_kwargs, graph_tensors
 from ._training import ClassificationTrainingPlan
 
@@ -161,15 +161,14 @@ class AnnotationTask(Task):
         X = aligned_matrix(adata, model.var_names, layer)  # on disk (backed): read below, a minibatch at a time
         check_value_scale(getattr(model, "value_scale_", None), value_scale(X), "The query", stacklevel=4)
         model.module.eval()
-        latents, probs = [], []
+        rows = RowOutputs(X.shape[0])  # filled in place: memory flat in the number of cells
         for x in iter_rows(X, batch_size, model.device, matrix_name(layer)):
             out = model.module(x)
             z, p = out["z"].float(), torch.softmax(out["logits"].float(), -1)
             if not (bool(torch.isfinite(z).all()) and bool(torch.isfinite(p).all())):
                 raise _not_finite(model.module)
-            latents.append(z.cpu().numpy())
-            probs.append(p.cpu().numpy())
-        return np.concatenate(latents), np.concatenate(probs)
+            rows.add(z, p)
+        return rows.arrays
 
     def get_latent_representation(self, adata: AnnData | None = None, *, batch_size: int = 128) -> np.ndarray:
         """Cell embeddings ``(n_obs, d_latent)`` (see :meth:`GenoHoptionModel.get_latent_representation`)."""

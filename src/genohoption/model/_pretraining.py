@@ -19,7 +19,7 @@ from .._validate import check_graph, check_unique_var_names, check_values, get_m
 from ..module import PretrainingModule
 from ._backed import GenoHoptionDataManager
 from ._distributed import distributed_splitter_kwargs, pin_split
-from ._query import BackedRows, aligned_matrix, is_backed, iter_rows
+from ._query import BackedRows, RowOutputs, aligned_matrix, is_backed, iter_rows
 from ._task import Task, backbone_kwargs, graph_tensors
 from ._training import MaskedExpressionTrainingPlan, RestoreBestWeights
 
@@ -92,10 +92,10 @@ class PretrainingTask(Task):
         adata = model._query(adata)
         X = aligned_matrix(adata, model.var_names, model.registry_["setup_args"]["layer"])
         model.module.eval()
-        out = [np.empty((0, model.module.backbone.d_model), np.float32)]
+        rows = RowOutputs(X.shape[0], ((model.module.backbone.d_model,),))  # memory flat in the number of cells
         for x in iter_rows(X, batch_size, model.device):
-            out.append(model.module(x, mask=False)["z"].float().cpu().numpy())
-        return np.concatenate(out)
+            rows.add(model.module(x, mask=False)["z"].float())
+        return rows.arrays[0]
 
 
 def _backed_handle(adata: AnnData, X, var_names: pd.Index) -> AnnData:
