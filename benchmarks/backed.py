@@ -147,7 +147,8 @@ def worker(args) -> dict:
     adata = ad.read_h5ad(args.path, backed="r") if backed else ad.read_h5ad(args.path)
     open_s = time.perf_counter() - t0
     out = {"stage": args.stage, "mode": args.mode, "n_cells": adata.n_obs, "n_genes": adata.n_vars,
-           "threads": torch.get_num_threads(), "load_start": load_start, "open_s": open_s, "rss_after_open_gib": _rss_gib()}
+           "threads": torch.get_num_threads(), "load_start": load_start, "open_s": open_s,
+           "rss_after_open_gib": _rss_gib()}
     if args.stage == "train":
         t = time.perf_counter()
         gh.GenoHoptionModel.setup_anndata(adata, labels_key=LABELS)

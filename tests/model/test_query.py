@@ -54,7 +54,7 @@ def model():
 
 
 def test_predict_and_embeddings_equal_joined_minibatch_outputs(model):
-    """The arrays filled in place hold, bit for bit, what each forward pass returned (32 cells a pass, 4 in the last)."""
+    """The arrays filled in place hold, bit for bit, what each forward pass returned (32, 32, 32 and 4 cells)."""
     X = aligned_matrix(model.adata, model.var_names, None)
     model.module.eval()
     with torch.inference_mode():

@@ -164,7 +164,7 @@ class RowOutputs:
             self.arrays = tuple(np.empty((self.n_obs, *w), np.float32) for w in widths)
 
     def add(self, *outputs: torch.Tensor) -> None:
-        """Copy one minibatch's outputs (``(b, ...)`` tensors, in the order of the arrays) into the next ``b`` rows."""
+        """Copy one minibatch's outputs (``(b, ...)`` tensors, in the arrays' order) into the next ``b`` rows."""
         values = [t.detach().cpu().numpy() for t in outputs]
         if self.arrays is None:
             self.arrays = tuple(np.empty((self.n_obs, *v.shape[1:]), v.dtype) for v in values)
