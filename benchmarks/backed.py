@@ -1,37 +1,35 @@
 """Peak memory and time of training and prediction on a backed AnnData (data larger than memory).
 
-The script writes a synthetic h5ad of ``--n-cells`` x ``--n-genes`` (default 200,000 x 2,000) to a temporary
-directory (``--data-dir``, default a fresh folder under the system's temp dir, deleted at the end unless
-``--keep``), 2,000 cells at a time so that the writer never holds the matrix: CSR float32, about 10 %
-non-zero, log-normalised-like values (``log1p`` of Poisson counts), ``--n-types`` cell types whose genes
-differ in detection rate and level, and a random symmetric gene graph of about 10 neighbours per gene in
+The script writes synthetic h5ad files of ``--n-genes`` genes (default 2,000) to a temporary directory
+(``--data-dir``, default a fresh folder under the system's temp dir, deleted at the end unless ``--keep``),
+2,000 cells at a time so that the writer never holds the matrix: CSR float32, about 10 % non-zero,
+log-normalised-like values (``log1p`` of Poisson counts), ``--n-types`` cell types whose genes differ in
+detection rate and level, and a random symmetric gene graph of about 10 neighbours per gene in
 ``varp["gene_graph"]`` (the benchmark measures the model's data path, not the graph builder).
 
 Each measurement runs in a fresh subprocess, which reports its own peak resident set size
-(``resource.getrusage(RUSAGE_SELF).ru_maxrss``, the whole process: Python, torch, the model, the obs table)
-and wall times:
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``, the whole process: Python, torch, the model, the obs table),
+wall times, its torch thread count and the machine's 1-minute load average at its start and end:
 
-``train backed``      ``anndata.read_h5ad(path, backed="r")``, ``setup_anndata``, ``GenoHoptionModel(adata)``
-                      (default model: scGPT-style, d_model 64, 2 layers, ppr), ``train(max_epochs=1)``
-                      (90 % of the cells for training, 10 % validation, 64 cells per minibatch), then
-                      ``save``;
-``predict backed``    ``GenoHoptionModel.load`` of that model, ``predict`` on the backed file (128 cells per
-                      forward pass; writes ``obs`` / ``obsm`` in memory);
-``train / predict in memory``  the same on a smaller file (``--memory-cells``, default 20,000) read into
-                      memory, for comparison; and ``train / predict backed`` on that smaller file too, so
-                      that backed and in-memory are compared at one size.
+``train``    on a file of ``--train-cells`` cells (default 20,000), read into memory and opened backed:
+             ``setup_anndata``, ``GenoHoptionModel(adata)`` (default model: scGPT-style, d_model 64,
+             2 layers, ppr), ``train(max_epochs=1)`` (90 % of the cells for training, 10 % validation,
+             64 cells per minibatch), then ``save`` (the in-memory model is the one that predicts below);
+``predict``  for each size of ``--n-cells`` (default 200,000), ``GenoHoptionModel.load`` of that model and
+             ``predict`` (128 cells per forward pass; writes ``obs`` / ``obsm`` in memory) on the file opened
+             with ``backed="r"`` and on the file read into memory (``--modes``), one after the other.
 
-Peak RSS depends on glibc's allocator: the model's forward passes allocate buffers whose sizes change with
-each minibatch's longest cell, and with glibc's default (dynamic) mmap threshold freed buffers stay in the
-heap, which grows slowly with the number of minibatches (a few KiB per cell in ``predict``).
-``--malloc-mmap-threshold 65536`` sets ``MALLOC_MMAP_THRESHOLD_`` in the measured processes (as
-``benchmarks/attention.py`` does), so that large buffers are returned to the system when freed.
+Peak memory of ``predict`` should not grow with the number of cells beyond its results (the
+``(n_cells, n_classes)`` probabilities and the ``(n_cells, d)`` embeddings it computes with them) and, in
+memory, the matrix itself; ``--n-cells 20000 50000 200000`` shows the curve.
+``--malloc-mmap-threshold 65536`` sets glibc's ``MALLOC_MMAP_THRESHOLD_`` in the measured processes, for
+comparison only (no setting is needed).
 
 Usage::
 
     python benchmarks/backed.py                                   # 200,000 x 2,000 (slow on 2 cores)
-    python benchmarks/backed.py --n-cells 20000 --memory-cells 5000 --threads 1
-    python benchmarks/backed.py --json out.json
+    python benchmarks/backed.py --n-cells 20000 50000 200000 --threads 1
+    python benchmarks/backed.py --n-cells 20000 --train-cells 5000 --json out.json
 """
 
 from __future__ import annotations
@@ -140,6 +138,7 @@ def worker(args) -> dict:
 
     import genohoption as gh
 
+    load_start = os.getloadavg()[0]
     torch.set_num_threads(args.threads)
     scvi.settings.seed = 0
     scvi.settings.dl_num_workers = 0
@@ -148,7 +147,8 @@ def worker(args) -> dict:
     adata = ad.read_h5ad(args.path, backed="r") if backed else ad.read_h5ad(args.path)
     open_s = time.perf_counter() - t0
     out = {"stage": args.stage, "mode": args.mode, "n_cells": adata.n_obs, "n_genes": adata.n_vars,
-           "threads": args.threads, "open_s": open_s, "rss_after_open_gib": _rss_gib()}
+           "threads": torch.get_num_threads(), "load_start": load_start, "open_s": open_s,
+           "rss_after_open_gib": _rss_gib()}
     if args.stage == "train":
         t = time.perf_counter()
         gh.GenoHoptionModel.setup_anndata(adata, labels_key=LABELS)
@@ -167,7 +167,7 @@ def worker(args) -> dict:
         out["cells_per_s"] = adata.n_obs / out["wall_s"]
         out["accuracy"] = float((pred.astype(str).to_numpy() == adata.obs[LABELS].astype(str).to_numpy()).mean())
     out["peak_rss_gib"] = _peak_gib()
-    out["load_avg_1min"] = os.getloadavg()[0]
+    out["load_end"] = os.getloadavg()[0]
     return out
 
 
@@ -190,24 +190,27 @@ def run(path: Path, stage: str, mode: str, model_dir: Path, threads: int, timeou
 
 def table(rows: list[dict]) -> str:
     head = ("| stage | data | cells | genes | threads | wall s | cells/s | process s | peak RSS GiB | "
-            "RSS after open GiB |")
-    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "RSS after open GiB | load start / end |")
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
             f"| {r['stage']} | {r['mode']} | {r['n_cells']:,} | {r['n_genes']:,} | {r['threads']} | "
             f"{r['wall_s']:.1f} | {r['cells_per_s']:.0f} | {r['process_s']:.1f} | {r['peak_rss_gib']:.2f} | "
-            f"{r['rss_after_open_gib']:.2f} |"
+            f"{r['rss_after_open_gib']:.2f} | {r['load_start']:.1f} / {r['load_end']:.1f} |"
         )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--n-cells", type=int, default=200_000)
+    p.add_argument("--n-cells", type=int, nargs="+", default=[200_000], help="cells of the predicted files")
     p.add_argument("--n-genes", type=int, default=2_000)
     p.add_argument("--n-types", type=int, default=5)
-    p.add_argument("--memory-cells", type=int, default=20_000,
-                   help="cells of the smaller file measured in memory and backed (0: skip)")
+    p.add_argument("--train-cells", type=int, default=20_000, help="cells of the file the model is trained on")
+    p.add_argument("--no-train", action="store_true",
+                   help="reuse the model that an earlier run saved in --data-dir (no train rows)")
+    p.add_argument("--modes", nargs="+", choices=("backed", "memory"), default=["backed", "memory"],
+                   help="how predict reads each file")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--keep", action="store_true", help="keep the data directory")
@@ -228,22 +231,35 @@ def main(argv: list[str] | None = None) -> None:
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="genohoption_backed_"))
     data_dir.mkdir(parents=True, exist_ok=True)
     rows = []
+
+    def measure(path: Path, stage: str, mode: str, model_dir: Path) -> None:
+        r = run(path, stage, mode, model_dir, args.threads, args.timeout, args.malloc_mmap_threshold)
+        r["file_gib"] = path.stat().st_size / 2**30
+        rows.append(r)
+        print(f"# {stage} {mode} {r['n_cells']}: {r['wall_s']:.1f} s, peak {r['peak_rss_gib']:.2f} GiB, "
+              f"load {r['load_start']:.1f} / {r['load_end']:.1f}", flush=True)
+        if args.json is not None:  # written as the rows come, for long runs
+            args.json.write_text(json.dumps(rows, indent=1))
+
+    def data(n: int) -> Path:
+        t = time.perf_counter()
+        path = write_h5ad(data_dir / f"synthetic_{n}x{args.n_genes}.h5ad", n, args.n_genes, args.n_types)
+        print(f"# {path.name}: {path.stat().st_size / 2**30:.2f} GiB, ready in {time.perf_counter() - t:.0f} s",
+              flush=True)
+        return path
+
     try:
-        sizes = [("memory", args.memory_cells), ("backed", args.memory_cells)] if args.memory_cells else []
-        sizes.append(("backed", args.n_cells))  # the small runs first: their figures come quickly
-        for mode, n in sizes:
-            t = time.perf_counter()
-            path = write_h5ad(data_dir / f"synthetic_{n}x{args.n_genes}.h5ad", n, args.n_genes, args.n_types)
-            print(f"# {path.name}: {path.stat().st_size / 2**30:.2f} GiB, written in {time.perf_counter() - t:.0f} s",
-                  flush=True)
-            model_dir = data_dir / f"model_{mode}_{n}"
-            for stage in ("train", "predict"):
-                r = run(path, stage, mode, model_dir, args.threads, args.timeout, args.malloc_mmap_threshold)
-                r["file_gib"] = path.stat().st_size / 2**30
-                rows.append(r)
-                print(f"# {stage} {mode} {n}: {r['wall_s']:.1f} s, peak {r['peak_rss_gib']:.2f} GiB", flush=True)
-                if args.json is not None:  # written as the rows come, for long runs
-                    args.json.write_text(json.dumps(rows, indent=1))
+        model_dir = data_dir / f"model_{args.train_cells}"
+        if not args.no_train:
+            path = data(args.train_cells)
+            measure(path, "train", "backed", data_dir / f"model_{args.train_cells}_backed")
+            measure(path, "train", "memory", model_dir)  # the model that predicts
+        elif not model_dir.exists():
+            raise SystemExit(f"--no-train: no model in {model_dir}; run once without --no-train (and --data-dir).")
+        for n in sorted(args.n_cells):
+            path = data(n)
+            for mode in args.modes:
+                measure(path, "predict", mode, model_dir)
     finally:
         if not args.keep and args.data_dir is None:
             shutil.rmtree(data_dir, ignore_errors=True)

@@ -17,7 +17,7 @@ from .. import _constants as K
 from .._validate import check_key, check_labels, get_matrix, matrix_name, uns_entry
 from ..module import AnnotationModule
 from ._pretrained import load_pretrained_weights
-from ._query import Query, iter_rows
+from ._query import Query, RowOutputs, iter_rows
 from ._task import BuiltModule, Task, backbone_kwargs, graph_tensors
 from ._training import ClassificationTrainingPlan
 
@@ -141,15 +141,14 @@ class AnnotationTask(Task):
             For outputs that are not finite (naming the damaged weights when there are).
         """
         module.eval()
-        latents, probs = [], []
+        rows = RowOutputs(query.X.shape[0])  # filled in place: memory flat in the number of cells
         for x in iter_rows(query.X, batch_size, module.device, matrix_name(query.layer)):
             out = module(x)
             z, p = out["z"].float(), torch.softmax(out["logits"].float(), -1)
             if not (bool(torch.isfinite(z).all()) and bool(torch.isfinite(p).all())):
                 raise _not_finite(module)
-            latents.append(z.cpu().numpy())
-            probs.append(p.cpu().numpy())
-        return np.concatenate(latents), np.concatenate(probs)
+            rows.add(z, p)
+        return rows.arrays
 
     def get_latent_representation(self, module, query: Query, *, batch_size: int = 128) -> np.ndarray:
         """Cell embeddings ``(n_obs, d_latent)`` (see :meth:`GenoHoptionModel.get_latent_representation`)."""

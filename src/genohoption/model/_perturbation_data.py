@@ -5,8 +5,9 @@ The pairing is drawn per minibatch inside a scvi-tools data loader (:class:`Pair
 used through :class:`PerturbationDataSplitter`): scvi-tools keeps the train / validation split, the
 batching and the Lightning plumbing; the loader adds two tensors to every minibatch, the expression of
 randomly drawn control cells (``"ctrl_x"``) and the perturbed genes' indices (``"pert_genes"``).
-Draws come from a seeded generator: a new pairing every training epoch, the same pairing at every
-validation pass.
+Draws come from a generator seeded by the run's seed and the epoch (training: a new pairing every epoch,
+which training resumed from a checkpoint repeats) or by the seed alone (validation: the same pairing at
+every pass).
 """
 
 from __future__ import annotations
@@ -97,8 +98,9 @@ class PairedControlDataLoader(AnnDataLoader):
     condition_genes
         ``(n_conditions, max_genes)`` perturbed gene indices per condition code.
     seed
-        Seed of the pairing. A shuffling (training) loader draws a new pairing on every pass; a
-        non-shuffling (validation / test) loader the same pairing on every pass.
+        Seed of the pairing. A shuffling (training) loader draws the pairing of epoch ``e`` from
+        ``seed + 1 + e`` (:meth:`set_epoch`; without it, ``e`` counts the passes over the loader); a
+        non-shuffling (validation / test) loader draws the same pairing, from ``seed``, on every pass.
     **kwargs
         Passed to :class:`~scvi.dataloaders.AnnDataLoader`.
     """
@@ -109,11 +111,20 @@ class PairedControlDataLoader(AnnDataLoader):
         self._condition_genes = torch.as_tensor(condition_genes, dtype=torch.int64)
         self._fixed = not kwargs.get("shuffle", False)
         self._seed = int(seed)
-        self._passes = 0
+        self._epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass draw the pairing of training epoch ``epoch`` (called at the start of every epoch).
+
+        :class:`~genohoption.model.EpochSeed` calls it with the trainer's epoch, so that a run resumed from a
+        checkpoint of epoch ``k`` pairs epoch ``k + 1`` as uninterrupted training does.
+        """
+        self._epoch = int(epoch)
 
     def __iter__(self):
-        seed = self._seed if self._fixed else self._seed + 1 + self._passes
-        self._passes += 1
+        # the body runs at the first minibatch, after the epoch-start hooks (set_epoch) of this epoch
+        seed = self._seed if self._fixed else self._seed + 1 + self._epoch
+        self._epoch += 1
         generator = torch.Generator().manual_seed(seed)
         n_control = self._control_x.shape[0]
         for batch in super().__iter__():

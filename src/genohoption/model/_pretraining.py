@@ -23,7 +23,7 @@ from scvi.data.fields import LayerField
 from .. import _constants as K
 from ..module import PretrainingModule
 from ._backed import GenoHoptionDataManager
-from ._query import BackedRows, Query, iter_rows
+from ._query import BackedRows, Query, RowOutputs, iter_rows
 from ._task import BuiltModule, Task, backbone_kwargs, graph_tensors
 from ._training import MaskedExpressionTrainingPlan
 
@@ -76,10 +76,10 @@ class PretrainingTask(Task):
     def get_latent_representation(self, module, query: Query, *, batch_size: int = 128) -> np.ndarray:
         """Cell embeddings ``(n_obs, d_model)`` of the pretrained backbone (no value hidden)."""
         module.eval()
-        out = [np.empty((0, module.backbone.d_model), np.float32)]
+        rows = RowOutputs(query.X.shape[0], ((module.backbone.d_model,),))  # memory flat in the number of cells
         for x in iter_rows(query.X, batch_size, module.device):
-            out.append(module(x, mask=False)["z"].float().cpu().numpy())
-        return np.concatenate(out)
+            rows.add(module(x, mask=False)["z"].float())
+        return rows.arrays[0]
 
 
 @dataclass

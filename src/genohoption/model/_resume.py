@@ -3,8 +3,9 @@
 Two callbacks make :meth:`GenoHoptionModel.train` resumable:
 
 - :class:`EpochSeed` (always added by ``train``) seeds torch, NumPy and :mod:`random` at the start of every
-  epoch from ``(scvi.settings.seed, epoch)``, so an epoch's minibatch order, token sampling and dropout do
-  not depend on what ran before it in the process;
+  epoch from ``(scvi.settings.seed, epoch)`` and gives the training loaders the epoch (``set_epoch``, e.g.
+  the control-cell pairing of perturbation models), so an epoch's minibatch order, token sampling, pairing
+  and dropout do not depend on what ran before it in the process;
 - :class:`TrainingCheckpoint` writes the whole training state after every epoch (weights, optimiser and
   learning-rate schedule, epoch counter, the state of early stopping, of
   :class:`~genohoption.model.RestoreBestWeights` and of :class:`EpochSeed`) as a Lightning checkpoint,
@@ -57,13 +58,16 @@ class EpochSeed(Callback):
         The training loaders' random samplers and their base seeds get generators of their own, seeded
         here too: Lightning creates the first epoch's loader iterator before this hook and later ones after
         it, so with the global generator the minibatch order of an epoch would depend on whether it is the
-        first of a (resumed) run.
+        first of a (resumed) run. Loaders with a ``set_epoch`` method (the perturbation models' control
+        pairing, :class:`~genohoption.model._perturbation_data.PairedControlDataLoader`) get the epoch.
         """
         s = epoch_seed(self.seed, trainer.current_epoch)
         random.seed(s)
         np.random.seed(s)
         torch.manual_seed(s)  # and every CUDA device
         for k, loader in enumerate(_loaders(trainer.train_dataloader)):
+            if callable(getattr(loader, "set_epoch", None)):
+                loader.set_epoch(trainer.current_epoch)
             loader.generator = torch.Generator().manual_seed(epoch_seed(s, 2 * k + 1))
             sampler = getattr(loader, "sampler", None)
             inner = getattr(sampler, "sampler", None)  # scvi-tools: BatchSampler(RandomSampler(dataset))
