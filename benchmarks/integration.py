@@ -56,26 +56,15 @@ VARIANTS = {
     "token+dsbn+adv": (True, {"batch_representation": "token+dsbn", "batch_adversarial": 1.0}),
 }
 
-# one run, in a fresh process: writes one JSON row (and the embedding) to cfg["out"]
-RUN = r"""
-import json, logging, os, sys, time, warnings
-import numpy as np
-import torch
-cfg = json.loads(sys.argv[1])
-torch.set_num_threads(cfg["threads"])
-warnings.filterwarnings("ignore")
-for name in ("lightning", "lightning.pytorch", "scvi"):
-    logging.getLogger(name).setLevel(logging.ERROR)
-import anndata as ad
-import pandas as pd
-import scanpy as sc
-import scvi
-import genohoption as gh
-
 BATCH, LABELS = "Sample", "Group"
 
-def prepare(train_batches=None):
-    adata = ad.read_h5ad(cfg["data"])
+
+# ---------------------------------------------------------------- one run (in a fresh process: --run)
+def _prepare(path: str, train_batches=None):
+    import anndata as ad
+    import scanpy as sc
+
+    adata = ad.read_h5ad(path)
     adata.layers["counts"] = adata.X.copy()
     sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)
@@ -86,31 +75,46 @@ def prepare(train_batches=None):
         adata.obs[key] = adata.obs[key].astype(str).astype("category")
     return adata
 
-def pca(X, n=30):
+
+def _pca(X, n: int = 30):
+    import numpy as np
+    import scanpy as sc
+
     return sc.pp.pca(np.asarray(X.toarray() if hasattr(X, "toarray") else X, dtype=np.float32), n_comps=n,
                      random_state=0)
 
-def scvi_model(adata, batch_key=BATCH):
-    scvi.model.SCVI.setup_anndata(adata, layer="counts", batch_key=batch_key)
+
+def _scvi_model(adata):
+    import scvi
+
+    scvi.model.SCVI.setup_anndata(adata, layer="counts", batch_key=BATCH)
     model = scvi.model.SCVI(adata)
     model.train(enable_progress_bar=False)
     return model
 
-def scanvi_model(adata):
-    model = scvi_model(adata)
-    scanvi = scvi.model.SCANVI.from_scvi_model(model, unlabeled_category="Unknown", labels_key=LABELS)
+
+def _scanvi_model(adata):
+    import scvi
+
+    scanvi = scvi.model.SCANVI.from_scvi_model(_scvi_model(adata), unlabeled_category="Unknown", labels_key=LABELS)
     scanvi.train(max_epochs=20, n_samples_per_label=100, enable_progress_bar=False)
     return scanvi
 
-def genohoption(adata, variant, labels_key):
-    batch, kwargs = cfg["variants"][variant]
+
+def _genohoption(cfg: dict, adata, labels_key):
+    import genohoption as gh
+
+    batch, kwargs = cfg["variants"][cfg["variant"]]
     gh.pp.build_gene_graph(adata)
     gh.GenoHoptionModel.setup_anndata(adata, labels_key=labels_key, batch_key=BATCH if batch else None)
     model = gh.GenoHoptionModel(adata, **cfg["model"], **kwargs)
     model.train(enable_progress_bar=False, **(cfg["annotate"] if labels_key else cfg["pretrain"]))
     return model
 
-def within_batch_scaled(adata):
+
+def _within_batch_scaled(adata):
+    import numpy as np
+
     out = adata.copy()
     X = np.asarray(out.X.toarray(), dtype=np.float64)
     for b in out.obs[BATCH].unique():
@@ -120,48 +124,49 @@ def within_batch_scaled(adata):
     out.X = X
     return out
 
-scvi.settings.seed = cfg["seed"]
-row = {k: cfg[k] for k in ("name", "analysis", "method", "seed", "variant", "split")}
-start = time.perf_counter()
-if cfg["analysis"] == "integration":
-    adata = prepare()
+
+def _embed(cfg: dict, adata):
+    import numpy as np
+    import scanpy as sc
+
     method = cfg["method"]
     if method == "pca":
-        emb = pca(adata.X)
-    elif method == "combat":
+        return _pca(adata.X)
+    if method == "combat":
         corrected = adata.copy()
         sc.pp.combat(corrected, key=BATCH)
-        emb = pca(corrected.X)
-    elif method == "harmony":
+        return _pca(corrected.X)
+    if method == "harmony":
         import harmonypy
-        ho = harmonypy.run_harmony(pca(adata.X), adata.obs, [BATCH], random_state=cfg["seed"], verbose=False,
-                                     ncores=cfg["threads"])
+
+        ho = harmonypy.run_harmony(_pca(adata.X), adata.obs, [BATCH], random_state=cfg["seed"], verbose=False,
+                                   ncores=cfg["threads"])
         emb = np.asarray(ho.Z_corr)
-        emb = emb.T if emb.shape[0] != adata.n_obs else emb
-    elif method == "scvi":
-        emb = scvi_model(adata).get_latent_representation()
-    elif method == "scanvi":
-        emb = scanvi_model(adata).get_latent_representation()
-    else:  # genohoption-pretrain / genohoption-annotate
-        model = genohoption(adata, cfg["variant"], LABELS if method == "genohoption-annotate" else None)
-        emb = model.get_latent_representation(adata)
-    row["seconds"] = time.perf_counter() - start
-    np.save(os.path.join(cfg["out"], cfg["name"] + ".npy"), np.asarray(emb, dtype=np.float32))
-else:
-    train_batches, test_batches = cfg["splits"][cfg["split"]]
-    adata = prepare(train_batches)
-    ref = adata[adata.obs[BATCH].isin(train_batches)].copy()
-    query = adata[adata.obs[BATCH].isin(test_batches)].copy()
+        return emb.T if emb.shape[0] != adata.n_obs else emb
+    if method == "scvi":
+        return _scvi_model(adata).get_latent_representation()
+    if method == "scanvi":
+        return _scanvi_model(adata).get_latent_representation()
+    labels_key = LABELS if method == "genohoption-annotate" else None  # genohoption-pretrain: no labels
+    return _genohoption(cfg, adata, labels_key).get_latent_representation(adata)
+
+
+def _transfer(cfg: dict, adata, ref, query) -> None:
+    """Write the predicted cell types of ``query`` (cells of ``adata``) to ``query.obs["pred"]``."""
+    import scvi
+
+    import genohoption as gh
+
     method = cfg["method"]
     if method == "logreg":
         gh.tl.logistic_regression_baseline(ref, query, LABELS, key_added="pred")
     elif method == "logreg-batch-scaled":
-        scaled = within_batch_scaled(adata)
+        scaled = _within_batch_scaled(adata)
         sref, squery = scaled[ref.obs_names].copy(), scaled[query.obs_names].copy()
         gh.tl.logistic_regression_baseline(sref, squery, LABELS, key_added="pred")
         query.obs["pred"] = squery.obs["pred"]
     elif method == "scanvi":
-        model = scanvi_model(ref)
+        model = _scanvi_model(ref)
         query.obs[LABELS + "_true"] = query.obs[LABELS]
         query.obs[LABELS] = "Unknown"
         q = scvi.model.SCANVI.load_query_data(query, model)
@@ -169,46 +174,67 @@ else:
         query.obs["pred"] = q.predict()
         query.obs[LABELS] = query.obs.pop(LABELS + "_true")
     else:
-        model = genohoption(ref, cfg["variant"], LABELS)
-        model.predict(query, key_added="pred")
-    row["seconds"] = time.perf_counter() - start
-    m = gh.tl.annotation_metrics(query, LABELS, prediction_key="pred")
-    row.update({"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n_reference": int(ref.n_obs),
-                "n_query": int(query.n_obs)})
-with open(os.path.join(cfg["out"], cfg["name"] + ".json"), "w") as f:
-    json.dump(row, f)
-print(json.dumps(row))
-"""
+        _genohoption(cfg, ref, LABELS).predict(query, key_added="pred")
 
-# scores every embedding of the integration analysis in one scib-metrics Benchmarker
-ASSEMBLE = r"""
-import glob, json, os, sys, warnings
-import numpy as np
-warnings.filterwarnings("ignore")
-import anndata as ad
-import scanpy as sc
-from scib_metrics.benchmark import Benchmarker
-out, data = sys.argv[1], sys.argv[2]
-adata = ad.read_h5ad(data)
-sc.pp.normalize_total(adata, target_sum=1e4)
-sc.pp.log1p(adata)
-hvg = sc.pp.highly_variable_genes(adata, n_top_genes=1000, flavor="seurat", batch_key="Sample", inplace=False)
-adata = adata[:, hvg["highly_variable"].to_numpy()].copy()
-for key in ("Sample", "Group"):
-    adata.obs[key] = adata.obs[key].astype(str).astype("category")
-names = sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(out, "integration_*.npy")))
-for name in names:
-    adata.obsm[name] = np.load(os.path.join(out, name + ".npy"))
-adata.obsm["X_pca_unintegrated"] = sc.pp.pca(np.asarray(adata.X.toarray(), dtype=np.float32), n_comps=30,
-                                             random_state=0)
-bm = Benchmarker(adata, batch_key="Sample", label_key="Group", embedding_obsm_keys=names,
-                 pre_integrated_embedding_obsm_key="X_pca_unintegrated", n_jobs=1, progress_bar=False)
-bm.benchmark()
-table = bm.get_results(min_max_scale=False, clean_names=False)
-table = table.drop(index="Metric Type", errors="ignore").astype(float)
-table.to_csv(os.path.join(out, "scib_metrics.csv"))
-print(table.to_string())
-"""
+
+def run_one(cfg: dict) -> dict:
+    """One configuration: write its JSON row (and the embedding ``.npy``) to ``cfg["out"]``; return the row."""
+    import logging
+    import warnings
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(cfg["threads"])
+    warnings.filterwarnings("ignore")
+    for name in ("lightning", "lightning.pytorch", "scvi"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import scvi
+
+    import genohoption as gh
+
+    scvi.settings.seed = cfg["seed"]
+    row = {k: cfg[k] for k in ("name", "analysis", "method", "seed", "variant", "split")}
+    start = time.perf_counter()
+    if cfg["analysis"] == "integration":
+        adata = _prepare(cfg["data"])
+        emb = _embed(cfg, adata)
+        row["seconds"] = time.perf_counter() - start
+        np.save(os.path.join(cfg["out"], cfg["name"] + ".npy"), np.asarray(emb, dtype=np.float32))
+    else:
+        train_batches, test_batches = cfg["splits"][cfg["split"]]
+        adata = _prepare(cfg["data"], train_batches)
+        ref = adata[adata.obs[BATCH].isin(train_batches)].copy()
+        query = adata[adata.obs[BATCH].isin(test_batches)].copy()
+        _transfer(cfg, adata, ref, query)
+        row["seconds"] = time.perf_counter() - start
+        m = gh.tl.annotation_metrics(query, LABELS, prediction_key="pred")
+        row.update({"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n_reference": int(ref.n_obs),
+                    "n_query": int(query.n_obs)})
+    with open(os.path.join(cfg["out"], cfg["name"] + ".json"), "w") as f:
+        json.dump(row, f)
+    return row
+
+
+def score(out: Path) -> None:
+    """Score every embedding of the integration analysis in one scib-metrics Benchmarker (``out/scib_metrics.csv``)."""
+    import warnings
+
+    import numpy as np
+
+    warnings.filterwarnings("ignore")
+    from scib_metrics.benchmark import Benchmarker
+
+    adata = _prepare(str(BARON))
+    names = sorted(p.stem for p in out.glob("integration_*.npy"))
+    for name in names:
+        adata.obsm[name] = np.load(out / f"{name}.npy")
+    adata.obsm["X_pca_unintegrated"] = _pca(adata.X)
+    bm = Benchmarker(adata, batch_key=BATCH, label_key=LABELS, embedding_obsm_keys=names,
+                     pre_integrated_embedding_obsm_key="X_pca_unintegrated", n_jobs=1, progress_bar=False)
+    bm.benchmark()
+    table = bm.get_results(min_max_scale=False, clean_names=False)
+    table.drop(index="Metric Type", errors="ignore").astype(float).to_csv(out / "scib_metrics.csv")
 
 
 def _env(threads: int) -> dict:
@@ -221,7 +247,7 @@ def _env(threads: int) -> dict:
 
 
 def _run(cfg: dict) -> dict:
-    out = subprocess.run([sys.executable, "-c", RUN, json.dumps(cfg)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, __file__, "--run", json.dumps(cfg)], capture_output=True, text=True,
                          env=_env(cfg["threads"]))
     if out.returncode != 0:
         raise RuntimeError(f"run {cfg['name']} failed:\n{out.stderr[-3000:]}")
@@ -372,7 +398,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT, help="directory of the runs' JSON and embeddings")
     parser.add_argument("--assemble", action="store_true", help="score the embeddings and print the tables")
     parser.add_argument("--skip-existing", action="store_true", help="do not rerun configurations with a JSON")
+    parser.add_argument("--run", help=argparse.SUPPRESS)  # one configuration (JSON), in the fresh process
+    parser.add_argument("--score", action="store_true", help=argparse.SUPPRESS)  # scib-metrics, fresh process
     args = parser.parse_args()
+    if args.run:
+        print(json.dumps(run_one(json.loads(args.run))))
+        return
+    if args.score:
+        score(args.out)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     import torch
 
@@ -393,7 +427,7 @@ def main() -> None:
         return
     if any(args.out.glob("integration_*.npy")):
         start = time.time()
-        out = subprocess.run([sys.executable, "-c", ASSEMBLE, str(args.out), str(BARON)], capture_output=True,
+        out = subprocess.run([sys.executable, __file__, "--score", "--out", str(args.out)], capture_output=True,
                              text=True, env=_env(args.threads))
         if out.returncode != 0:
             raise RuntimeError(f"scib-metrics failed:\n{out.stderr[-3000:]}")
