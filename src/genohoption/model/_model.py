@@ -159,7 +159,9 @@ class GenoHoptionModel(BaseModelClass):
         ``MIN_CELLS_TO_ADAPT`` (10) cells in the query is normalised with its own statistics, estimated from
         those cells before they are run (AdaBN, Li et al. 2016), so its cells' outputs depend on the other
         cells of their batch in the query; a smaller one with the pooled statistics of the training batches.
-        The batch embedding is used in training only (the unknown batch reads its zero padding row).
+        The batch embedding is used in training only (the unknown batch reads its zero padding row). The batch
+        parts of a backbone saved by a pretraining model are not carried over by ``pretrained=``: the
+        fine-tuned model learns its own.
     batch_adversarial
         Weight of an adversarial batch loss (default 0: none; scGPT's ``dab_weight`` is 1): a discriminator
         (:class:`~genohoption.nn.AdversarialDiscriminator`) predicts each training cell's batch from its cell
@@ -611,8 +613,10 @@ class GenoHoptionModel(BaseModelClass):
             For a perturbation model, or a model set up for pretraining (its ``train`` pretrains).
         ValueError
             For a Geneformer backbone (only the scGPT-style backbone is pretrained here), a
-            ``mask_ratio`` outside ``(0, 1)``, data that share no gene with the model, or backed data whose
-            genes are not the model's in order.
+            ``mask_ratio`` outside ``(0, 1)``, data that share no gene with the model, backed data whose
+            genes are not the model's in order, or cells of batches the model was not trained on.
+        KeyError
+            If the model was set up with ``batch_key`` and the cells lack that column.
         """
         if not isinstance(self._task, AnnotationTask):
             hint = ("call model.train() to pretrain it" if isinstance(self._task, PretrainingTask)
