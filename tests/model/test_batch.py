@@ -169,7 +169,7 @@ def test_pretrain_carries_the_batch(trained, data):
         model.pretrain(data[1], max_epochs=1, **QUIET)
 
 
-def test_pretraining_model_with_batches(data):
+def test_pretraining_model_with_batches(data, tmp_path):
     ref, query = data
     ref = ref.copy()
     scvi.settings.seed = 0
@@ -179,6 +179,12 @@ def test_pretraining_model_with_batches(data):
     assert model.module.decoder.fc[0].in_features == 2 * SMALL["d_model"]  # token output + batch embedding
     z = model.get_latent_representation(query)
     assert z.shape == (query.n_obs, SMALL["d_model"]) and np.isfinite(z).all()
+    # its backbone fine-tunes; the batch parts stay behind (the fine-tuned model has its own)
+    model.save(tmp_path / "pre")
+    labelled = data[0].copy()
+    gh.GenoHoptionModel.setup_anndata(labelled, labels_key="cell_type", batch_key="donor")
+    tuned = gh.GenoHoptionModel(labelled, pretrained=tmp_path / "pre", batch_representation="dsbn", **SMALL)
+    assert tuned.pretrained_report_ is not None and tuned.module.batch.dsbn is not None
 
 
 def test_baron_label_transfer_to_new_species_batches(shared_data, tmp_path):
