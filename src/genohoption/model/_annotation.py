@@ -16,8 +16,9 @@ from scvi.data.fields import CategoricalObsField
 from .. import _constants as K
 from .._validate import check_key, check_labels, get_matrix, matrix_name, uns_entry
 from ..module import AnnotationModule
+from ._batch import adapted_batch_norms, batch_field, iter_query, n_batches
 from ._pretrained import load_pretrained_weights
-from ._query import Query, RowOutputs, iter_rows
+from ._query import Query, RowOutputs
 from ._task import BuiltModule, Task, backbone_kwargs, graph_tensors
 from ._training import ClassificationTrainingPlan
 
@@ -32,6 +33,7 @@ class AnnotationTask(Task):
 
     name = "annotation"
     categorical_field = ("labels_key", REGISTRY_KEYS.LABELS_KEY)
+    supports_batch = True
     wrong_method_hint = (
         "this model classifies cells; predict_perturbation needs a model set up with "
         "GenoHoptionModel.setup_anndata(adata, perturbation_key='condition')."
@@ -40,11 +42,12 @@ class AnnotationTask(Task):
     # ---------------------------------------------------------------- set-up
     @classmethod
     def setup_fields(cls, adata: AnnData, *, transfer: bool, layer: str | None = None,
-                     labels_key: str = "cell_type", graph_key: str | None = K.GRAPH_KEY, **_) -> list:
-        """Validate and return the fields: expression (``layer``) and cell types (``labels_key``)."""
+                     labels_key: str = "cell_type", graph_key: str | None = K.GRAPH_KEY,
+                     batch_key: str | None = None, **_) -> list:
+        """Validate and return the fields: expression (``layer``), cell types (``labels_key``), batches (``batch_key``)."""
         expression = cls.expression_field(adata, transfer=transfer, layer=layer, graph_key=graph_key)
         check_labels(adata, labels_key, min_classes=1 if transfer else 2)
-        return [expression, CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key)]
+        return [expression, CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key), *batch_field(adata, batch_key)]
 
     @classmethod
     def backbone_config(cls, config, checkpoint, registry) -> dict | None:
@@ -88,6 +91,9 @@ class AnnotationTask(Task):
             backbone_config=params.get("backbone_config"),
             cell_emb=params.get("cell_emb") or config.get("cell_emb", "cls+expr"),
             gene_tokens=params.get("gene_tokens", "expressed"),
+            n_batches=n_batches(self.registry),
+            batch_representation=params.get("batch_representation"),
+            batch_adversarial=params.get("batch_adversarial", 0.0),
             **backbone_kwargs(params),
         )
         report = load_pretrained_weights(module, checkpoint, genes) if checkpoint is not None else None
@@ -142,12 +148,13 @@ class AnnotationTask(Task):
         """
         module.eval()
         rows = RowOutputs(query.X.shape[0])  # filled in place: memory flat in the number of cells
-        for x in iter_rows(query.X, batch_size, module.device, matrix_name(query.layer)):
-            out = module(x)
-            z, p = out["z"].float(), torch.softmax(out["logits"].float(), -1)
-            if not (bool(torch.isfinite(z).all()) and bool(torch.isfinite(p).all())):
-                raise _not_finite(module)
-            rows.add(z, p)
+        with adapted_batch_norms(module, query, batch_size, lambda x, b: module(x, batch_index=b)):
+            for x, b in iter_query(query, batch_size, module.device, matrix_name(query.layer)):
+                out = module(x, batch_index=b)
+                z, p = out["z"].float(), torch.softmax(out["logits"].float(), -1)
+                if not (bool(torch.isfinite(z).all()) and bool(torch.isfinite(p).all())):
+                    raise _not_finite(module)
+                rows.add(z, p)
         return rows.arrays
 
     def get_latent_representation(self, module, query: Query, *, batch_size: int = 128) -> np.ndarray:

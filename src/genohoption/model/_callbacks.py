@@ -7,11 +7,15 @@ from lightning.pytorch.callbacks import Callback
 from scvi import REGISTRY_KEYS
 from torch import nn
 
+from ..nn import DomainSpecificBatchNorm
+from ._batch import batch_inputs
+
 __all__ = ["PreciseBatchNorm"]
 
 
-def _batch_norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+def _batch_norms(module: nn.Module) -> list[nn.Module]:
+    kinds = (nn.modules.batchnorm._BatchNorm, DomainSpecificBatchNorm)
+    return [m for m in module.modules() if isinstance(m, kinds) and m.track_running_stats]
 
 
 class PreciseBatchNorm(Callback):
@@ -25,7 +29,9 @@ class PreciseBatchNorm(Callback):
     BatchNorm layers, from up to ``max_batches`` training minibatches without gradients ("precise BN",
     Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021, sec. 3). The random number generators are
     forked, so training itself is unchanged: only the statistics used at inference differ. A module
-    without BatchNorm is left alone.
+    without BatchNorm is left alone. Domain-specific BatchNorms
+    (:class:`~genohoption.nn.DomainSpecificBatchNorm`) are re-estimated too, each batch's statistics from its
+    cells in those minibatches; a batch with fewer than two cells in every one of them keeps its statistics.
 
     Parameters
     ----------
@@ -64,6 +70,8 @@ class PreciseBatchNorm(Callback):
             return
         was_training = module.training
         momenta = [bn.momentum for bn in norms]
+        kept = {i: (bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
+                for i, bn in enumerate(norms) if isinstance(bn, DomainSpecificBatchNorm)}
         module.eval()
         for bn in norms:
             bn.reset_running_stats()
@@ -76,9 +84,15 @@ class PreciseBatchNorm(Callback):
                         break
                     x = batch[REGISTRY_KEYS.X_KEY]
                     if x.shape[0] > 1:  # batch statistics need two cells
-                        module(x.to(module.device))
+                        module(x.to(module.device),
+                               **{k: v.to(module.device) for k, v in batch_inputs(batch).items()})
         finally:
             for bn, momentum in zip(norms, momenta, strict=True):
                 bn.momentum = momentum
+            for i, (mean, var, tracked) in kept.items():  # batches absent from those minibatches
+                absent = norms[i].num_batches_tracked == 0
+                norms[i].running_mean[absent] = mean[absent]
+                norms[i].running_var[absent] = var[absent]
+                norms[i].num_batches_tracked[absent] = tracked[absent]
             module.train(was_training)
         self._updated_at = trainer.global_step

@@ -25,6 +25,7 @@ from ..module._annotation import CELL_EMBEDDINGS, GENE_TOKENS
 from ..nn._heads import INPUT_NORMS
 from ._annotation import AnnotationTask
 from ._backed import GenoHoptionDataManager
+from ._batch import check_batch_params, n_batches, resolve_batches
 from ._distributed import is_global_zero
 from ._fit import fit
 from ._io import file_paths, load_meta, load_model_files, save_model_files
@@ -138,6 +139,35 @@ class GenoHoptionModel(BaseModelClass):
     loss
         Perturbation models only: ``"mse"`` (scGPT, default) or ``"gears"`` (GEARS autofocus +
         direction loss); see :class:`~genohoption.module.PerturbationModule`.
+    batch_representation
+        How the cells' batch enters a model whose data were set up with ``batch_key`` (annotation and
+        pretraining; scGPT's integration, Cui et al. 2024); ignored without ``batch_key``:
+
+        - ``"token"``: a learned batch embedding (:class:`~genohoption.nn.BatchEncoder`) that the decoders of
+          masked-expression pretraining read beside the transformer outputs (concatenated, as scGPT's
+          ``use_batch_labels``), so that the cell embedding need not carry the batch. The classifier of an
+          annotation model does not read it: it acts through pretraining (a pretraining model's
+          :meth:`train`, an annotation model's :meth:`pretrain`).
+        - ``"dsbn"``: domain-specific batch normalisation (:class:`~genohoption.nn.DomainSpecificBatchNorm`):
+          each batch's gene-token input embeddings are standardised with that batch's own statistics
+          (scGPT backbone; scGPT's ``domain_spec_batchnorm``), and for annotation models with
+          ``cls_input_norm="batch"`` also the cell embedding before the classifier (shared affine); that
+          normalised embedding is what :meth:`get_latent_representation` returns.
+        - ``"token+dsbn"`` (default, scGPT's integration set-up), or ``None`` (batch registered, not used).
+
+        Cells of a batch not seen in training: with ``"dsbn"``, a new batch with at least
+        ``MIN_CELLS_TO_ADAPT`` (10) cells in the query is normalised with its own statistics, estimated from
+        those cells before they are run (AdaBN, Li et al. 2016), so its cells' outputs depend on the other
+        cells of their batch in the query; a smaller one with the pooled statistics of the training batches.
+        The batch embedding is used in training only (the unknown batch reads its zero padding row). The batch
+        parts of a backbone saved by a pretraining model are not carried over by ``pretrained=``: the
+        fine-tuned model learns its own.
+    batch_adversarial
+        Weight of an adversarial batch loss (default 0: none; scGPT's ``dab_weight`` is 1): a discriminator
+        (:class:`~genohoption.nn.AdversarialDiscriminator`) predicts each training cell's batch from its cell
+        embedding through a gradient-reversal layer, so the encoder learns embeddings from which the batch
+        cannot be told (Ganin & Lempitsky 2015). Needs ``batch_key`` with at least two batches. The
+        validation loss that early stopping reads leaves it out; it is logged as ``train_batch_loss``.
 
     Attributes
     ----------
@@ -156,8 +186,9 @@ class GenoHoptionModel(BaseModelClass):
     Raises
     ------
     ValueError
-        For an unknown ``backbone`` / ``attention``, ``max_seq_len < 2`` or non-positive sizes, a sparse
-        attention without a gene graph, or when no gene matches the pretrained vocabulary.
+        For an unknown ``backbone`` / ``attention`` / ``batch_representation``, ``max_seq_len < 2`` or
+        non-positive sizes, a sparse attention without a gene graph, when no gene matches the pretrained
+        vocabulary, or for ``batch_adversarial`` without ``batch_key`` (or with a single batch).
     FileNotFoundError
         If a file of the ``pretrained`` checkpoint is missing.
     genohoption.model.CheckpointError
@@ -199,6 +230,8 @@ class GenoHoptionModel(BaseModelClass):
         gene_symbols: str | None = None,
         backbone_config: dict | None = None,
         loss: Literal["mse", "gears"] = "mse",
+        batch_representation: Literal["token", "dsbn", "token+dsbn"] | None = "token+dsbn",
+        batch_adversarial: float = 0.0,
         registry: dict | None = None,
     ):
         _check_init_args(backbone, attention, max_seq_len, d_model, n_heads, n_layers, d_hid, n_hops,
@@ -222,6 +255,8 @@ class GenoHoptionModel(BaseModelClass):
             backbone_config = {**checkpoint.backbone_config, "n_genes_matched": genes.n_matched}
             pretrained = None  # the architecture (with the head chosen below) travels in backbone_config
         super().__init__(adata, registry=registry)
+        check_batch_params({"batch_representation": batch_representation, "batch_adversarial": batch_adversarial},
+                           self.registry_)
         task = task_class(self.registry_["setup_args"])
         backbone_config = task.backbone_config(backbone_config, checkpoint, self.registry_)
         self.init_params_ = self._get_init_params(locals())  # read once, never changed afterwards
@@ -257,6 +292,7 @@ class GenoHoptionModel(BaseModelClass):
         gene_symbols: str | None = None,
         prior: pd.DataFrame | str | os.PathLike | Sequence | None = "default",
         extra_genes: Sequence[str] | None = None,
+        batch_key: str | None = None,
         **kwargs,
     ) -> None:
         """Register an AnnData for training and choose the task (scvi-tools ``setup_anndata``).
@@ -306,6 +342,13 @@ class GenoHoptionModel(BaseModelClass):
             Perturbation models: more gene symbols that may be perturbed although neither measured nor
             in ``prior`` (e.g. every target of a screen); having no regulatory edge, each is joined to every
             measured gene.
+        batch_key
+            Column of ``adata.obs`` with each cell's batch (donor, sample, technology), for annotation and
+            pretraining models: registered as scvi-tools' batch field (``REGISTRY_KEYS.BATCH_KEY``; its
+            categories, in code order, are saved with the model) and entering the model as chosen by its
+            ``batch_representation`` and ``batch_adversarial``. Queries given to :meth:`predict` and
+            :meth:`get_latent_representation` then need this column too; batches not seen in training are
+            allowed. ``None`` (default): cells are not told apart by batch.
         **kwargs
             Passed to :meth:`scvi.data.AnnDataManager.register_fields` (``source_registry`` when a saved
             model's registry is transferred by :meth:`load`).
@@ -315,11 +358,12 @@ class GenoHoptionModel(BaseModelClass):
         TypeError
             If ``adata`` is not an AnnData / MuData.
         KeyError
-            If ``labels_key``, ``graph_key``, ``layer``, ``perturbation_key`` or ``gene_symbols`` is
-            missing, or a perturbed gene is not in the gene universe.
+            If ``labels_key``, ``graph_key``, ``layer``, ``perturbation_key``, ``gene_symbols`` or
+            ``batch_key`` is missing, or a perturbed gene is not in the gene universe.
         ValueError
-            For duplicated ``var_names``, NaN / inf / negative expression, missing labels, fewer than two
-            cell types, an invalid graph, malformed conditions or no control cell; for a backed AnnData
+            For duplicated ``var_names``, NaN / inf / negative expression, missing labels or batches, fewer
+            than two cell types, an invalid graph, malformed conditions or no control cell, ``batch_key`` with
+            ``perturbation_key``; for a backed AnnData
             whose ``X`` is CSC, a view of a backed AnnData, or a backed AnnData with ``perturbation_key``
             (each message names the fix).
         """
@@ -327,6 +371,9 @@ class GenoHoptionModel(BaseModelClass):
         adata = as_anndata(adata, allow_backed=True)
         setup_args = setup_method_args["setup_args"]
         task = task_class(setup_args)
+        if batch_key is not None and not task.supports_batch:
+            raise ValueError(f"batch_key applies to annotation and pretraining models, not to {task.name} models; "
+                             "drop batch_key.")
         if adata.isbacked:
             task.check_backed(adata, layer)
         fields = task.setup_fields(adata, transfer="source_registry" in kwargs, **setup_args)
@@ -381,6 +428,7 @@ class GenoHoptionModel(BaseModelClass):
             adata = self.adata
         query = resolve_query(adata, self.var_names, self.registry_["setup_args"]["layer"],
                               reference_scale=self.value_scale_, check_backed=self._task.check_backed)
+        query = resolve_batches(query, self.registry_)  # each cell's batch code (models set up with batch_key)
         if warn_untrained and not self.is_trained_ and self.pretrained_report_ is None:
             warnings.warn(
                 "The model has not been trained (its weights are random): call model.train() first.",
@@ -402,6 +450,9 @@ class GenoHoptionModel(BaseModelClass):
         sizes = f"d_model={bb.d_model}, layers={len(stack)}"
         facts = {"genes": self.summary_stats.n_vars, **self._task.describe(self.module),
                  "gene graph edges": self.module.n_edges}
+        if n_batches(self.registry_):
+            facts["batches"] = f"{n_batches(self.registry_)} ({p.get('batch_representation')}" + (
+                f", adversarial {p['batch_adversarial']})" if p.get("batch_adversarial") else ")")
         return "\n".join([
             f"{type(self).__name__} ({self._task.name})",
             f"  backbone: {p['backbone']}{source}, {sizes}",
@@ -532,7 +583,10 @@ class GenoHoptionModel(BaseModelClass):
         embedding (scGPT's GEP and GEPC objectives, Cui et al. 2024;
         :class:`~genohoption.module.PretrainingModule`). Any cells serve, labelled or not: the reference,
         the query itself (transductive), or a larger corpus; genes are matched to the model's by name
-        (missing ones count as not expressed). The backbone is changed in place; the classifier is not
+        (missing ones count as not expressed). For a model set up with ``batch_key`` the cells need that
+        column, with batches the model was trained on; the batch embedding and normalisation are shared with
+        the pretraining (``batch_representation``), and with ``batch_adversarial`` a discriminator of its own
+        is trained on the CLS embedding. The backbone is changed in place; the classifier is not
         touched. The history is in :attr:`pretrain_history_` (``train_loss``, ``validation_loss``,
         ``*_mse_token``, ``*_mse_cell``), the weights of the best validation epoch are restored.
 
@@ -559,8 +613,10 @@ class GenoHoptionModel(BaseModelClass):
             For a perturbation model, or a model set up for pretraining (its ``train`` pretrains).
         ValueError
             For a Geneformer backbone (only the scGPT-style backbone is pretrained here), a
-            ``mask_ratio`` outside ``(0, 1)``, data that share no gene with the model, or backed data whose
-            genes are not the model's in order.
+            ``mask_ratio`` outside ``(0, 1)``, data that share no gene with the model, backed data whose
+            genes are not the model's in order, or cells of batches the model was not trained on.
+        KeyError
+            If the model was set up with ``batch_key`` and the cells lack that column.
         """
         if not isinstance(self._task, AnnotationTask):
             hint = ("call model.train() to pretrain it" if isinstance(self._task, PretrainingTask)
@@ -568,7 +624,8 @@ class GenoHoptionModel(BaseModelClass):
             raise TypeError(f"pretrain() applies to annotation models: {hint}")
         if not 0.0 < float(mask_ratio) < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio!r}.")
-        run, task = pretraining_run(self._resolve(adata, warn_untrained=False), self.module, mask_ratio=mask_ratio)
+        run, task = pretraining_run(self._resolve(adata, warn_untrained=False), self.module, self.registry_,
+                                    mask_ratio=mask_ratio)
         fit(run, task, max_epochs=max_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
             train_size=train_size, validation_size=None, early_stopping=early_stopping,
             early_stopping_patience=early_stopping_patience, restore_best_weights=True, accelerator=accelerator,
@@ -584,23 +641,28 @@ class GenoHoptionModel(BaseModelClass):
         ----------
         adata
             Cells to embed (genes aligned to the model by name); defaults to the training data. A backed
-            AnnData (``backed="r"``, CSR or dense ``X``) is read ``batch_size`` cells at a time.
+            AnnData (``backed="r"``, CSR or dense ``X``) is read ``batch_size`` cells at a time. For a model
+            set up with ``batch_key``, ``adata.obs`` needs that column; see ``batch_representation`` for
+            batches not seen in training.
         batch_size
             Cells per forward pass.
 
         Returns
         -------
-        ``(n_obs, d_model)`` float32 array; store it as ``adata.obsm["X_genohoption"]`` and use it with
+        ``(n_obs, d_model)`` float32 array (annotation models with ``cell_emb="cls+expr"``: ``2 * d_model``;
+        with a domain-specific normalisation of the classifier's input, the normalised embedding); store it as ``adata.obsm["X_genohoption"]`` and use it with
         ``sc.pp.neighbors(adata, use_rep="X_genohoption")``.
 
         Raises
         ------
         TypeError
             For a perturbation model, or if ``adata`` is not an AnnData / MuData.
+        KeyError
+            If the model was set up with ``batch_key`` and ``adata.obs`` lacks that column.
         ValueError
             If the query has no cells, shares no gene with the model, holds NaN / negative values or
-            values beyond float32, or if the outputs are not finite (the message names the damaged
-            weights).
+            values beyond float32, has cells without a batch, or if the outputs are not finite (the message
+            names the damaged weights).
 
         Warns
         -----
@@ -627,7 +689,8 @@ class GenoHoptionModel(BaseModelClass):
             the training data. A backed AnnData (``backed="r"``, CSR or dense ``X``) is read
             ``batch_size`` cells at a time and never loaded whole; the results below go to its in-memory
             ``obs`` / ``obsm`` / ``uns`` (the file is not changed; with ``backed="r+"``, ``adata.write()``
-            stores them).
+            stores them). For a model set up with ``batch_key``, ``adata.obs`` needs that column; see
+            ``batch_representation`` for batches not seen in training.
         batch_size
             Cells per forward pass.
         key_added
@@ -659,7 +722,7 @@ class GenoHoptionModel(BaseModelClass):
             positive integer, the outputs are not finite (the message names the damaged weights), or the
             query is backed with a CSC ``X`` or is a view of a backed AnnData.
         KeyError
-            If the model's layer is missing from the query.
+            If the model's layer is missing from the query, or the model's ``batch_key`` column.
 
         Warns
         -----

@@ -23,7 +23,15 @@ from scvi.data.fields import LayerField
 from .. import _constants as K
 from ..module import PretrainingModule
 from ._backed import GenoHoptionDataManager
-from ._query import BackedRows, Query, RowOutputs, iter_rows
+from ._batch import (
+    adapted_batch_norms,
+    batch_field,
+    iter_query,
+    n_batches,
+    pretraining_batch_fields,
+    pretraining_batch_obs,
+)
+from ._query import BackedRows, Query, RowOutputs
 from ._task import BuiltModule, Task, backbone_kwargs, graph_tensors
 from ._training import MaskedExpressionTrainingPlan
 
@@ -42,6 +50,7 @@ class PretrainingTask(Task):
     """
 
     name = "pretraining"
+    supports_batch = True
     wrong_method_hint = (
         "this model is set up for self-supervised pretraining (labels_key=None): save it with model.save(dir) "
         "and fine-tune with GenoHoptionModel(reference, pretrained=dir) after setup_anndata(reference, labels_key=...)."
@@ -49,9 +58,10 @@ class PretrainingTask(Task):
 
     @classmethod
     def setup_fields(cls, adata: AnnData, *, transfer: bool, layer: str | None = None,
-                     graph_key: str | None = K.GRAPH_KEY, **_) -> list:
-        """Validate and return the one field: expression (``layer``)."""
-        return [cls.expression_field(adata, transfer=transfer, layer=layer, graph_key=graph_key)]
+                     graph_key: str | None = K.GRAPH_KEY, batch_key: str | None = None, **_) -> list:
+        """Validate and return the fields: expression (``layer``) and batches (``batch_key``)."""
+        return [cls.expression_field(adata, transfer=transfer, layer=layer, graph_key=graph_key),
+                *batch_field(adata, batch_key)]
 
     def build_module(self, adata, graph, checkpoint=None, genes=None) -> BuiltModule:
         """:class:`~genohoption.module.PretrainingModule` around a new scGPT-style backbone.
@@ -65,6 +75,9 @@ class PretrainingTask(Task):
             raise ValueError("Pretraining builds a new scGPT-style backbone: drop backbone= / pretrained=.")
         indptr, indices = graph_tensors(graph, self.n_vars)
         module = PretrainingModule(self.n_vars, indptr, indices, max_seq_len=self.params["max_seq_len"],
+                                   n_batches=n_batches(self.registry),
+                                   batch_representation=self.params.get("batch_representation"),
+                                   batch_adversarial=self.params.get("batch_adversarial", 0.0),
                                    **backbone_kwargs(self.params))
         return BuiltModule(module)
 
@@ -77,8 +90,13 @@ class PretrainingTask(Task):
         """Cell embeddings ``(n_obs, d_model)`` of the pretrained backbone (no value hidden)."""
         module.eval()
         rows = RowOutputs(query.X.shape[0], ((module.backbone.d_model,),))  # memory flat in the number of cells
-        for x in iter_rows(query.X, batch_size, module.device):
-            rows.add(module(x, mask=False)["z"].float())
+
+        def forward(x, b):
+            return module(x, mask=False, batch_index=b)
+
+        with adapted_batch_norms(module, query, batch_size, forward):
+            for x, b in iter_query(query, batch_size, module.device):
+                rows.add(forward(x, b)["z"].float())
         return rows.arrays[0]
 
 
@@ -121,20 +139,25 @@ class TrainingRun:
         self.module.to(device)
 
 
-def pretraining_run(query: Query, base: nn.Module, *, mask_ratio: float) -> tuple[TrainingRun, PretrainingTask]:
+def pretraining_run(query: Query, base: nn.Module, registry: dict, *,
+                    mask_ratio: float) -> tuple[TrainingRun, PretrainingTask]:
     """Set up the pretraining of ``base.backbone`` (shared, trained in place) on the query's cells.
 
     A light AnnData is registered around the query's expression in the model's gene order (the caller's
-    object gets no scvi-tools keys); for a backed query the matrix stays on disk and is read a minibatch at
-    a time.
+    object gets no scvi-tools keys), with the cells' batches for a model set up with ``batch_key``; for a
+    backed query the matrix stays on disk and is read a minibatch at a time. A model with batches shares
+    its batch embedding and input normalisation (``base.batch``) with the pretraining module; an adversarial
+    discriminator of its own (on the CLS embedding) is trained with it when ``base`` has one.
 
     Parameters
     ----------
     query
         The cells, resolved by the model (genes aligned).
     base
-        The model's module (:class:`~genohoption.module.AnnotationModule`): its backbone, gene graph and
-        token cap are used.
+        The model's module (:class:`~genohoption.module.AnnotationModule`): its backbone, gene graph,
+        token cap and batch parts are used.
+    registry
+        The model's registry (its batch categories).
     mask_ratio
         Fraction of gene tokens whose value is hidden, in ``(0, 1)``.
 
@@ -145,8 +168,8 @@ def pretraining_run(query: Query, base: nn.Module, *, mask_ratio: float) -> tupl
     Raises
     ------
     ValueError
-        For a backbone that is not scGPT-style, a ``mask_ratio`` outside ``(0, 1)``, or backed data whose
-        genes are not the model's in order.
+        For a backbone that is not scGPT-style, a ``mask_ratio`` outside ``(0, 1)``, backed data whose
+        genes are not the model's in order, or cells of batches the model was not trained on.
     """
     X = query.X
     if isinstance(X, BackedRows):
@@ -155,13 +178,14 @@ def pretraining_run(query: Query, base: nn.Module, *, mask_ratio: float) -> tupl
             "must be the model's genes in the model's order; write the data with them (adata[:, model.var_names] "
             "after loading, then write_h5ad) or load it with adata.to_memory()."
         )
-    data = AnnData(X=X, obs=pd.DataFrame(index=query.adata.obs_names.astype(str)),
-                   var=pd.DataFrame(index=query.var_names))
-    manager = GenoHoptionDataManager(fields=[LayerField(REGISTRY_KEYS.X_KEY, None, is_count_data=False)])
+    data = AnnData(X=X, obs=pretraining_batch_obs(query, registry), var=pd.DataFrame(index=query.var_names))
+    manager = GenoHoptionDataManager(fields=[LayerField(REGISTRY_KEYS.X_KEY, None, is_count_data=False),
+                                             *pretraining_batch_fields(registry)])
     manager.register_fields(data)
     module = PretrainingModule(
         base.n_genes, base.graph_indptr, base.graph_indices, max_seq_len=base.max_seq_len,
-        mask_ratio=mask_ratio, backbone=base.backbone,
+        mask_ratio=mask_ratio, backbone=base.backbone, n_batches=base.n_batches,
+        batch_adversarial=base.batch_adversarial, batch_inputs=base.batch,
     ).to(base.device)
     task = PretrainingTask(manager.registry, {"attention": module.attention})
     return TrainingRun(module, manager), task

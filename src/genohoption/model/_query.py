@@ -43,12 +43,19 @@ class Query:
         Layer the expression was read from (``None``: ``X``).
     var_names
         The model's genes, in model order.
+    batch_codes
+        ``(n_obs,)`` int64 batch code of each cell for a model set up with ``batch_key``
+        (:func:`~genohoption.model._batch.query_batch_codes`), else ``None``.
+    new_batches
+        Names of the query's batches that the model was not trained on.
     """
 
     adata: AnnData
     X: Any
     layer: str | None
     var_names: pd.Index
+    batch_codes: np.ndarray | None = None
+    new_batches: tuple[str, ...] = ()
 
     @property
     def n_genes_matched(self) -> int:

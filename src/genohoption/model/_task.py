@@ -76,6 +76,8 @@ class Task:
     #: ``(setup argument naming the obs column, registry field key)`` of the task's categorical field,
     #: or ``None`` for a task without one
     categorical_field: ClassVar[tuple[str, str] | None] = None
+    #: whether ``setup_anndata(..., batch_key=...)`` applies (the cells' batch enters the model)
+    supports_batch: ClassVar[bool] = False
 
     def __init__(self, registry: dict, params: Mapping[str, Any]):
         self.registry = registry
@@ -154,7 +156,8 @@ class Task:
         """Why ``adata`` cannot take a saved model's registry (empty: it can, so training can go on).
 
         It must not be a view, must have the model's genes in the model's order and its layer, and its
-        categorical column (cell types or conditions) must hold only categories the model was trained on.
+        categorical columns (cell types or conditions; batches) must hold only categories the model was
+        trained on.
         """
         setup = registry["setup_args"]
         fields = registry["field_registries"]
@@ -167,8 +170,10 @@ class Task:
             problems.append(f"it has no layer {layer!r}")
         if not adata.var_names.astype(str).equals(genes):
             problems.append("its genes are not the model's genes in the model's order")
-        if cls.categorical_field is not None:
-            setup_key, field_key = cls.categorical_field
+        categorical = [cls.categorical_field] if cls.categorical_field is not None else []
+        if setup.get("batch_key"):
+            categorical.append(("batch_key", REGISTRY_KEYS.BATCH_KEY))
+        for setup_key, field_key in categorical:
             obs_key = setup[setup_key]
             known = np.asarray(fields[field_key]["state_registry"]["categorical_mapping"], dtype=str)
             if obs_key not in adata.obs:

@@ -13,6 +13,8 @@ from scvi import REGISTRY_KEYS
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from .._constants import CTRL_X_KEY, PERT_GENES_KEY
+from ..module._batch import adversarial_loss
+from ._batch import batch_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +111,19 @@ class _SupervisedTrainingPlan(LightningModule):
         """Loss of a minibatch, with the plan's metrics logged under ``{stage}_...``."""
         raise NotImplementedError
 
+    def _adversarial(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], stage: str):
+        """Weighted adversarial batch loss of a module with a discriminator, logged as ``{stage}_batch_loss``.
+
+        Returns it in training (to add to the task's loss) and 0 otherwise (the validation loss that early
+        stopping reads is the task's alone); 0 for a module without a discriminator.
+        """
+        index = batch_inputs(batch).get("batch_index")
+        term = adversarial_loss(self.module, outputs, index)
+        if term is None:
+            return 0.0
+        self._log(f"{stage}_batch_loss", term.detach(), index.numel())
+        return term if stage == "train" else 0.0
+
     def training_step(self, batch, batch_idx):
         """Loss on a training minibatch."""
         return self._step(batch, "train")
@@ -158,12 +173,13 @@ class ClassificationTrainingPlan(_SupervisedTrainingPlan):
     def _classify(self, batch: dict[str, torch.Tensor], train: bool
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         labels = batch[REGISTRY_KEYS.LABELS_KEY].view(-1).long()
-        outputs = self.module(batch[REGISTRY_KEYS.X_KEY])
+        outputs = self.module(batch[REGISTRY_KEYS.X_KEY], **batch_inputs(batch))
         if train:
             loss = self.module.loss(outputs, labels, class_weight=self.class_weight,
                                     label_smoothing=self.label_smoothing)
         else:
             loss = self.module.loss(outputs, labels)
+        loss = loss + self._adversarial(outputs, batch, "train" if train else "validation")
         return loss, outputs["logits"].argmax(-1), labels
 
     def training_step(self, batch, batch_idx):
@@ -229,10 +245,11 @@ class MaskedExpressionTrainingPlan(_SupervisedTrainingPlan):
         if stage == "validation":
             with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
                 torch.manual_seed(12345)  # the same hidden values at every validation pass
-                outputs = self.module(x)
+                outputs = self.module(x, **batch_inputs(batch))
         else:
-            outputs = self.module(x)
+            outputs = self.module(x, **batch_inputs(batch))
         loss, token, cell = self.module.loss(outputs)
+        loss = loss + self._adversarial(outputs, batch, stage)
         n = x.shape[0]
         self._log(f"{stage}_loss", loss, n, prog_bar=True)
         self._log(f"{stage}_mse_token", token, n)

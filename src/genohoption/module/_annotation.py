@@ -7,8 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data._tokenize import Tokens
-from ..nn import ClsDecoder
+from ..nn import ClsDecoder, DomainSpecificBatchNorm
+from ..nn._batch import batch_parts
 from ._base import TaskModule
+from ._batch import batch_index_for, build_batch_inputs, build_discriminator, gene_tokens
 from ._inputs import backbone_graph, backbone_tokens, build_backbone, cell_embedding
 
 CELL_EMBEDDINGS = ("cls", "cls+expr")
@@ -54,6 +56,19 @@ class AnnotationModule(TaskModule):
     gene_tokens
         ``"expressed"`` (each cell's expressed genes are its tokens) or ``"all"`` (every gene, expressed
         or not, scGPT's ``include_zero_gene="all"``; scGPT backbone only).
+    n_batches
+        Number of training batches (0: the model does not see batches; ``forward`` then takes no
+        ``batch_index``).
+    batch_representation
+        How the batch enters (with ``n_batches > 0``): ``"token"`` (a batch embedding,
+        :class:`~genohoption.nn.BatchEncoder`, read by the decoders of masked-expression pretraining of this
+        backbone; the classifier does not read it), ``"dsbn"`` (domain-specific normalisation,
+        :class:`~genohoption.nn.DomainSpecificBatchNorm`, of the gene tokens' input embeddings (scGPT
+        backbone) and, with ``cls_input_norm="batch"``, of the cell embedding before the classifier, with a
+        shared affine), ``"token+dsbn"`` or ``None``.
+    batch_adversarial
+        Weight of the adversarial batch loss (:class:`~genohoption.nn.AdversarialDiscriminator` on the cell
+        embedding, gradient reversed); 0: none.
     **backbone_kwargs
         Sizes, dropout and attention arguments of the backbone.
     """
@@ -72,6 +87,9 @@ class AnnotationModule(TaskModule):
         backbone_config: dict | None = None,
         cell_emb: str = "cls",
         gene_tokens: str = "expressed",
+        n_batches: int = 0,
+        batch_representation: str | None = None,
+        batch_adversarial: float = 0.0,
         **backbone_kwargs,
     ):
         super().__init__(graph_indptr, graph_indices)
@@ -91,38 +109,60 @@ class AnnotationModule(TaskModule):
         self.include_zero = gene_tokens == "all"
         d = self.backbone.d_model
         self.expr_proj = nn.Linear(n_genes, d, bias=False) if cell_emb == "cls+expr" else None
-        self.cls_decoder = ClsDecoder(d * (2 if self.expr_proj is not None else 1), n_labels, n_cls_layers,
-                                      input_norm=cls_input_norm)
+        d_latent = d * (2 if self.expr_proj is not None else 1)
+        # the batch: shared input parts, a per-batch normalisation of the classifier's input, a discriminator
+        self.n_batches, self.batch_adversarial = int(n_batches), float(batch_adversarial)
+        self.batch = build_batch_inputs(self.backbone, self.n_batches, batch_representation)
+        head_dsbn = self.n_batches > 0 and batch_parts(batch_representation)[1] and cls_input_norm in ("batch", True)
+        self.batch_head_norm = DomainSpecificBatchNorm(d_latent, self.n_batches, affine=True) if head_dsbn else None
+        self.batch_discriminator = build_discriminator(d_latent, self.n_batches, self.batch_adversarial)
+        self.cls_decoder = ClsDecoder(d_latent, n_labels, n_cls_layers,
+                                      input_norm=None if head_dsbn else cls_input_norm)
 
     @property
     def d_latent(self) -> int:
         """Width of the cell embedding ``z`` (``d_model``, twice that with ``cell_emb="cls+expr"``)."""
         return self.cls_decoder.out_layer.in_features
 
-    def encode_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, Tokens]:
+    def encode_tokens(self, x: torch.Tensor, batch_index: torch.Tensor | None = None) -> tuple[torch.Tensor, Tokens]:
         """Token embeddings ``(B, L, d_model)`` of ``(B, n_genes)`` expression, and the batch's tokens.
 
         During training a random subset of expressed genes is kept when a cell has more than
-        ``max_seq_len - 1``; in evaluation mode the most expressed ones.
+        ``max_seq_len - 1``; in evaluation mode the most expressed ones. ``batch_index`` ``(B,)``: the cells'
+        batch codes (models with batches).
         """
         tokens = backbone_tokens(self.backbone, x, self.max_seq_len, sample=self.training, n_bins=self.n_bins,
                                  include_zero=self.include_zero)
         graph = None
         if self.attention != "dense":
             graph = backbone_graph(self.backbone, tokens, self.graph_indptr, self.graph_indices)
-        return self.backbone(tokens.genes, tokens.values, tokens.padding_mask, graph), tokens
+        batch_index = batch_index_for(self, batch_index, x.shape[0])
+        norm = None if self.batch is None else self.batch.input_norm(batch_index, gene_tokens(tokens))
+        if norm is None:  # the Geneformer backbone takes no input normalisation
+            return self.backbone(tokens.genes, tokens.values, tokens.padding_mask, graph), tokens
+        return self.backbone(tokens.genes, tokens.values, tokens.padding_mask, graph, input_norm=norm), tokens
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Return the cell embedding ``z`` ``(B, d_model)`` and class ``logits`` ``(B, n_labels)``.
+    def forward(self, x: torch.Tensor, batch_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Return the cell embedding ``z`` ``(B, d_latent)`` and class ``logits`` ``(B, n_labels)``.
 
-        ``z`` is the CLS output (scGPT) or the mean of the gene tokens' outputs (Geneformer).
+        ``z`` is the CLS output (scGPT) or the mean of the gene tokens' outputs (Geneformer), with the
+        expression projection for ``cell_emb="cls+expr"``; with a domain-specific normalisation of the
+        classifier's input, ``z`` is the normalised embedding the classifier reads. ``batch_index`` ``(B,)``:
+        batch codes, required by models with batches; with an adversarial discriminator the outputs also hold
+        ``"batch_logits"`` ``(B, n_batches)``.
         """
         x = x.float()
-        h, tokens = self.encode_tokens(x)
+        batch_index = batch_index_for(self, batch_index, x.shape[0])
+        h, tokens = self.encode_tokens(x, batch_index)
         z = cell_embedding(self.backbone, h, tokens)
         if self.expr_proj is not None:
             z = torch.cat([z, self.expr_proj(x)], 1)
-        return {"z": z, "logits": self.cls_decoder(z)}
+        if self.batch_head_norm is not None:
+            z = self.batch_head_norm(z, batch_index)
+        out = {"z": z, "logits": self.cls_decoder(z)}
+        if self.batch_discriminator is not None:
+            out["batch_logits"] = self.batch_discriminator(z)
+        return out
 
     def loss(self, outputs: dict[str, torch.Tensor], labels: torch.Tensor, *, class_weight: torch.Tensor | None = None,
              label_smoothing: float = 0.0) -> torch.Tensor:

@@ -8,6 +8,7 @@ from torch import nn
 from ..nn import ScGPTBackbone
 from ..nn._backbones import ExprDecoder
 from ._base import TaskModule
+from ._batch import batch_index_for, build_batch_inputs, build_discriminator, gene_tokens
 from ._inputs import backbone_graph, backbone_tokens, build_backbone, cell_embedding
 
 MASK_VALUE = -1.0
@@ -25,16 +26,23 @@ class MVCDecoder(nn.Module):
     ----------
     d_model
         Width of gene and cell embeddings.
+    d_cell
+        Width of what the queries are matched with, when it differs from ``d_model`` (scGPT's
+        ``use_batch_labels``: the cell embedding concatenated with the batch embedding, ``2 * d_model``); the
+        queries are then mapped to it by a linear layer ``W`` without bias, as scGPT's.
     """
 
-    def __init__(self, d_model: int):
+    def __init__(self, d_model: int, d_cell: int | None = None):
         super().__init__()
         self.gene2query = nn.Linear(d_model, d_model)
         self.query_activation = nn.Sigmoid()
+        self.W = nn.Linear(d_model, d_cell, bias=False) if d_cell not in (None, d_model) else None
 
     def forward(self, cell_emb: torch.Tensor, gene_embs: torch.Tensor) -> torch.Tensor:
-        """``(B, d)`` cell embeddings and ``(B, L, d)`` gene embeddings → ``(B, L)`` predicted values."""
+        """``(B, d_cell)`` cell embeddings and ``(B, L, d)`` gene embeddings → ``(B, L)`` predicted values."""
         query = self.query_activation(self.gene2query(gene_embs))
+        if self.W is not None:
+            query = self.W(query)
         return torch.bmm(query, cell_emb.unsqueeze(2)).squeeze(2)
 
 
@@ -61,6 +69,19 @@ class PretrainingModule(TaskModule):
     backbone
         An existing :class:`~genohoption.nn.ScGPTBackbone` to pretrain (shared, not copied); ``None``
         builds one from ``backbone_kwargs``.
+    n_batches
+        Number of training batches (0: batches are not seen; ``forward`` then takes no ``batch_index``).
+    batch_representation
+        How the batch enters (with ``n_batches > 0``; scGPT's integration): ``"token"`` (a batch embedding,
+        :class:`~genohoption.nn.BatchEncoder`, concatenated to each token's output before the expression
+        decoder and to the cell embedding before the cell decoder, so that the cell embedding need not
+        carry the batch), ``"dsbn"`` (domain-specific normalisation of the gene tokens' input embeddings),
+        ``"token+dsbn"`` or ``None``.
+    batch_adversarial
+        Weight of the adversarial batch loss on the cell embedding (0: none).
+    batch_inputs
+        Existing :class:`~genohoption.nn.BatchInputs` to share (an annotation model's, with its backbone);
+        ``None`` builds them from ``n_batches`` and ``batch_representation``.
     **backbone_kwargs
         Sizes, dropout and attention arguments of a new backbone.
 
@@ -79,6 +100,10 @@ class PretrainingModule(TaskModule):
         max_seq_len: int | None = None,
         mask_ratio: float = 0.4,
         backbone: nn.Module | None = None,
+        n_batches: int = 0,
+        batch_representation: str | None = None,
+        batch_adversarial: float = 0.0,
+        batch_inputs: nn.Module | None = None,
         **backbone_kwargs,
     ):
         super().__init__(graph_indptr, graph_indices)
@@ -93,8 +118,14 @@ class PretrainingModule(TaskModule):
             raise ValueError("Masked expression pretraining supports the scGPT-style backbone only (backbone='scgpt').")
         self.backbone = backbone
         self.attention = backbone.transformer_encoder.layers[0].self_attn.attention
-        self.decoder = ExprDecoder(backbone.d_model)
-        self.mvc_decoder = MVCDecoder(backbone.d_model)
+        d = backbone.d_model
+        self.n_batches, self.batch_adversarial = int(n_batches), float(batch_adversarial)
+        self.batch = batch_inputs if batch_inputs is not None else build_batch_inputs(backbone, self.n_batches,
+                                                                                       batch_representation)
+        d_out = 2 * d if self.batch is not None and self.batch.encoder is not None else d
+        self.decoder = ExprDecoder(d, d_in=d_out)
+        self.mvc_decoder = MVCDecoder(d, d_cell=d_out)
+        self.batch_discriminator = build_discriminator(d, self.n_batches, self.batch_adversarial)
 
     def _mask(self, tokens, generator: torch.Generator | None = None) -> torch.Tensor:
         """``(B, L)`` bool: the gene tokens whose value is hidden (at least one per cell with genes)."""
@@ -107,7 +138,8 @@ class PretrainingModule(TaskModule):
         rank = score.argsort(1).argsort(1)
         return (rank < n_mask) & is_gene
 
-    def forward(self, x: torch.Tensor, *, mask: bool = True) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, *, mask: bool = True,
+                batch_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Encode a minibatch with part of the values hidden and predict them.
 
         Parameters
@@ -116,26 +148,38 @@ class PretrainingModule(TaskModule):
             ``(B, n_genes)`` expression.
         mask
             Hide values (training); ``False`` encodes the cells as they are (embeddings).
+        batch_index
+            ``(B,)`` batch codes; required by models with batches.
 
         Returns
         -------
         ``"z"`` ``(B, d_model)`` cell embeddings; ``"pred"``, ``"pred_cell"`` ``(B, L)`` values predicted
         from the tokens and from the cell embedding; ``"target"`` ``(B, L)`` true values; ``"masked"``
-        ``(B, L)`` bool.
+        ``(B, L)`` bool; with an adversarial discriminator ``"batch_logits"`` ``(B, n_batches)``.
         """
         x = x.float()
         bb = self.backbone
+        batch_index = batch_index_for(self, batch_index, x.shape[0])
         tokens = backbone_tokens(bb, x, self.max_seq_len, sample=self.training)
         masked = self._mask(tokens) if mask else torch.zeros_like(tokens.padding_mask)
         values = tokens.values.masked_fill(masked, MASK_VALUE)
         graph = None
         if self.attention != "dense":
             graph = backbone_graph(bb, tokens, self.graph_indptr, self.graph_indices)
-        h = bb(tokens.genes, values, tokens.padding_mask, graph)
+        norm = None if self.batch is None else self.batch.input_norm(batch_index, gene_tokens(tokens))
+        h = bb(tokens.genes, values, tokens.padding_mask, graph, input_norm=norm)
         z = cell_embedding(bb, h, tokens)
         gene_embs = bb.encoder(bb.token_ids(tokens.genes, tokens.padding_mask))
-        return {"z": z, "pred": self.decoder(h), "pred_cell": self.mvc_decoder(z, gene_embs),
-                "target": tokens.values, "masked": masked}
+        b = None if self.batch is None else self.batch.embedding(batch_index)
+        h_dec, z_dec = h, z
+        if b is not None:  # scGPT's use_batch_labels: the decoders read the batch beside the outputs
+            h_dec = torch.cat([h, b[:, None].expand(-1, h.shape[1], -1)], 2)
+            z_dec = torch.cat([z, b], 1)
+        out = {"z": z, "pred": self.decoder(h_dec), "pred_cell": self.mvc_decoder(z_dec, gene_embs),
+               "target": tokens.values, "masked": masked}
+        if self.batch_discriminator is not None:
+            out["batch_logits"] = self.batch_discriminator(z)
+        return out
 
     def loss(self, outputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean squared errors on the masked tokens: total, from the tokens (GEP), from the cell (GEPC)."""

@@ -11,6 +11,7 @@ from ._backbones import (
     GenoHoptionLayer,
     ScGPTBackbone,
 )
+from ._batch import AdversarialDiscriminator, BatchEncoder, BatchInputs, DomainSpecificBatchNorm, grad_reverse
 from ._functional import graph_diffusion_attention
 from ._geneformer import GeneformerBackbone, GeneformerLayer
 from ._graph import BatchGraph, induced_batch_graph
@@ -20,11 +21,15 @@ from ._reference import dense_diffusion_reference
 from ._stats import DiffusionStats, last_diffusion_stats
 
 __all__ = [
+    "AdversarialDiscriminator",
+    "BatchEncoder",
     "BatchGraph",
+    "BatchInputs",
     "CategoryValueEncoder",
     "ClsDecoder",
     "ContinuousValueEncoder",
     "DiffusionStats",
+    "DomainSpecificBatchNorm",
     "ExprDecoder",
     "GeneEncoder",
     "GeneformerBackbone",
@@ -34,6 +39,7 @@ __all__ = [
     "PerturbationEncoder",
     "ScGPTBackbone",
     "dense_diffusion_reference",
+    "grad_reverse",
     "graph_diffusion_attention",
     "induced_batch_graph",
     "last_diffusion_stats",

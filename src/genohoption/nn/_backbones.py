@@ -8,6 +8,8 @@ it key by key.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -103,18 +105,21 @@ class ExprDecoder(nn.Module):
     Parameters
     ----------
     d_model
-        Input width.
+        Width of the hidden layers (and of the input by default).
+    d_in
+        Input width, when it differs (scGPT's ``use_batch_labels``: the token output concatenated with the
+        batch embedding, ``2 * d_model``).
     """
 
-    def __init__(self, d_model: int):
+    def __init__(self, d_model: int, d_in: int | None = None):
         super().__init__()
         self.fc = nn.Sequential(
-            nn.Linear(d_model, d_model), nn.LeakyReLU(), nn.Linear(d_model, d_model), nn.LeakyReLU(),
+            nn.Linear(d_in or d_model, d_model), nn.LeakyReLU(), nn.Linear(d_model, d_model), nn.LeakyReLU(),
             nn.Linear(d_model, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map ``(B, L, d_model)`` to predicted values ``(B, L)``."""
+        """Map ``(B, L, d_in)`` to predicted values ``(B, L)``."""
         return self.fc(x).squeeze(-1)
 
 
@@ -275,6 +280,7 @@ class ScGPTBackbone(nn.Module):
         values: torch.Tensor,
         padding_mask: torch.Tensor,
         graph: BatchGraph | None,
+        input_norm: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Encode a batch of token sequences.
 
@@ -289,6 +295,9 @@ class ScGPTBackbone(nn.Module):
         graph
             Induced batch graph (see :func:`~genohoption.nn.induced_batch_graph`); ``None`` only
             for ``attention="dense"``.
+        input_norm
+            Applied to the ``(B, L, d_model)`` input embeddings (gene + value) before the first layer, e.g.
+            the domain-specific normalisation of :class:`~genohoption.nn.BatchInputs`; ``None``: none.
 
         Returns
         -------
@@ -298,6 +307,8 @@ class ScGPTBackbone(nn.Module):
             pad = self.pad_value if self.input_emb_style == "continuous" or self.pad_value >= 0 else 0
             values = values.masked_fill(padding_mask, pad)
         x = self.encoder(self.token_ids(genes, padding_mask)) + self.value_encoder(values)
+        if input_norm is not None:
+            x = input_norm(x)
         for layer in self.transformer_encoder.layers:
             x = layer(x, graph, padding_mask)
         return x
