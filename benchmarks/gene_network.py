@@ -6,12 +6,12 @@ Usage::
     python benchmarks/gene_network.py --all             # folds 0 1 2, one process each, then the tables
     python benchmarks/gene_network.py --assemble        # the tables from the JSON files
 
-Data: PBMC 3k (``../shared/data/annotation``, Seurat labels), the 1,000 most variable genes (Seurat flavour)
+Data: PBMC 3k (``../shared/data/annotation``, Seurat labels), the 500 most variable genes (Seurat flavour)
 plus the prior's transcription factors expressed in >= 5 % of the cells. Prior: the packaged OmniPath
 transcriptional network (``gh.pp.read_prior("default")``), restricted to TF -> target pairs among those genes;
 its edges are split into 5 folds (seed 0). Fold f holds out its edges: the gene graph is co-expression
 (``n_neighbors=20``, ``min_corr=0.4``) + the other prior edges; an annotation model (ppr, K = 6, default sizes,
-10 epochs of batch 32 on every cell, seed f) is trained on it, and ``model.get_gene_network`` reads out the
+5 epochs of batch 32 on every cell, seed f) is trained on it, and ``model.get_gene_network`` reads out the
 averaged attention and its K-hop receptive field ``M``.
 
 Edge recovery: candidates are the pairs (target, TF) for every TF with a held-out edge and every panel gene,
@@ -65,7 +65,7 @@ def panel():
     import genohoption as gh
 
     adata = ad.read_h5ad(SHARED / PBMC)
-    hv = sc.pp.highly_variable_genes(adata, n_top_genes=1000, flavor="seurat", inplace=False)
+    hv = sc.pp.highly_variable_genes(adata, n_top_genes=500, flavor="seurat", inplace=False)
     prior = gh.pp.read_prior("default")
     frac = np.asarray((adata.X > 0).mean(0)).ravel()
     tfs = set(prior["source"]) & set(adata.var_names[frac >= 0.05])
@@ -227,7 +227,7 @@ def main() -> None:
     parser.add_argument("--fold", type=int, default=None)
     parser.add_argument("--all", action="store_true")
     parser.add_argument("--assemble", action="store_true")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     if args.all:

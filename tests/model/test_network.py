@@ -51,8 +51,9 @@ def _reference(module, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     total, count = np.zeros((n, n)), np.zeros((n, n))
     layers = [m for m in module.backbone.modules() if isinstance(m, GraphDiffusionAttention)]
     for row in X:
-        seen = []
-        handles = [m.register_forward_pre_hook(lambda m, args: seen.append((m, args[0], args[1]))) for m in layers]
+        seen: list = []
+        handles = [m.register_forward_pre_hook(lambda m, args, seen=seen: seen.append((m, args[0], args[1])))
+                   for m in layers]
         with torch.no_grad():
             _, tokens, _ = encode_cells(module.eval(), torch.as_tensor(row[None, :]))
         for handle in handles:

@@ -25,7 +25,7 @@ from ..tl._diffusion import diffusion_operator, row_normalize
 from ._query import Query, iter_rows
 
 if TYPE_CHECKING:
-    from anndata import AnnData
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class GroupNetwork:
 
 
 def _pattern(indptr: torch.Tensor, indices: torch.Tensor, n: int) -> sp.csr_matrix:
-    """The global graph's pattern with the diagonal added (every token attends to itself), sorted."""
+    """Return the global graph's pattern with the diagonal added (every token attends to itself), sorted."""
     g = sp.csr_matrix((np.ones(indices.numel()), indices.cpu().numpy(), indptr.cpu().numpy()), shape=(n, n))
     pattern = (g + sp.identity(n, format="csr")).tocsr()
     pattern.sum_duplicates()

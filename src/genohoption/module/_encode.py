@@ -43,5 +43,5 @@ def encode_cells(module: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
 
 
 def backbone_cell_embedding(module: torch.nn.Module, h: torch.Tensor, tokens: Tokens) -> torch.Tensor:
-    """The backbone's cell embedding ``(B, d_model)``: CLS output (scGPT) or mean of gene tokens (Geneformer)."""
+    """Return the backbone's cell embedding ``(B, d_model)``: CLS output (scGPT) or mean of gene tokens (Geneformer)."""
     return cell_embedding(module.backbone, h, tokens)

@@ -33,7 +33,7 @@ def _prune(M: sp.csr_matrix, min_weight: float) -> sp.csr_matrix:
 
 def diffusion_operator(P: sp.spmatrix, method: str = "ppr", *, n_hops: int = 6, alpha: float = 0.25,
                        t: float = 5.0, normalize: bool = False, min_weight: float = 1e-4) -> sp.csr_matrix:
-    """The K-hop diffusion operator ``M = poly(P)`` of a row-stochastic gene × gene matrix ``P``.
+    """Return the K-hop diffusion operator ``M = poly(P)`` of a row-stochastic gene × gene matrix ``P``.
 
     ``M[i, j]`` is the weight with which gene ``j``'s value reaches gene ``i`` after the diffusion
     (``i`` attends to ``j`` through paths of at most ``n_hops`` edges), computed by the same recurrence as

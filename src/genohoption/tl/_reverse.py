@@ -14,7 +14,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._validate import as_anndata, check_obs_key, check_unique_var_names, check_values, get_matrix, matrix_name
+from .._validate import (
+    as_anndata,
+    check_obs_key,
+    check_unique_var_names,
+    check_values,
+    get_matrix,
+    matrix_name,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
