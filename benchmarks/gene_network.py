@@ -28,23 +28,20 @@ NK network and in the CD14+ Mono network; beside it the mean |r| among the same 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import subprocess
-import sys
 import time
-import warnings
 from pathlib import Path
 
+import _runner
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 SHARED = Path(os.environ.get("GENOHOPTION_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 PBMC = "annotation/pbmc3k_seurat_labels.h5ad"
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = _runner.RESULTS
 N_FOLDS = 5
 FOLDS = [0, 1, 2]
 MODULES = {
@@ -223,39 +220,8 @@ def assemble() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--fold", type=int, default=None)
-    parser.add_argument("--all", action="store_true")
-    parser.add_argument("--assemble", action="store_true")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    if args.all:
-        for fold in FOLDS:
-            subprocess.run([sys.executable, __file__, "--fold", str(fold), "--threads", str(args.threads),
-                            "--epochs", str(args.epochs)], check=True)
-        print(assemble())
-        return
-    if args.assemble:
-        print(assemble())
-        return
-    import torch
-
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", category=UserWarning)  # Lightning's few-batches / num_workers hints
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "scvi", "genohoption"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    load = os.getloadavg()
-    log.info("fold %d: threads %d, load %s", args.fold, torch.get_num_threads(), load)
-    logging.getLogger("benchmark").setLevel(logging.INFO)
-    start = time.time()
-    out = run_fold(args.fold, args.epochs)
-    out |= {"threads": torch.get_num_threads(), "load": [round(x, 1) for x in load], "seconds": time.time() - start}
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"network_fold{args.fold}.json"
-    path.write_text(json.dumps(out))
-    log.info("wrote %s (%.0f s)", path, out["seconds"])
+    _runner.main(__file__, __doc__.split("\n")[0], "fold", FOLDS, run_fold, lambda f: f"network_fold{f}", assemble,
+                 epochs=5)
 
 
 if __name__ == "__main__":

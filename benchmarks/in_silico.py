@@ -21,22 +21,19 @@ expression).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import subprocess
-import sys
 import time
-import warnings
 from pathlib import Path
 
+import _runner
 import numpy as np
 import pandas as pd
 
 SHARED = Path(os.environ.get("GENOHOPTION_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 PAPALEXI = "perturbation/papalexi2021_thp1_gears.h5ad"
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = _runner.RESULTS
 SEEDS = [0, 1, 2]
 N_NULL = 10
 N_START = 200
@@ -158,38 +155,8 @@ def assemble() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--all", action="store_true")
-    parser.add_argument("--assemble", action="store_true")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    if args.all:
-        for seed in SEEDS:
-            subprocess.run([sys.executable, __file__, "--seed", str(seed), "--threads", str(args.threads),
-                            "--epochs", str(args.epochs)], check=True)
-        print(assemble())
-        return
-    if args.assemble:
-        print(assemble())
-        return
-    import torch
-
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", category=UserWarning)  # Lightning's few-batches / num_workers hints
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "scvi", "genohoption"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    load = os.getloadavg()
-    log.info("seed %d: threads %d, load %s", args.seed, torch.get_num_threads(), load)
-    t0 = time.time()
-    out = run(args.seed, args.epochs)
-    out |= {"threads": torch.get_num_threads(), "load": [round(x, 1) for x in load], "seconds": time.time() - t0}
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"in_silico_seed{args.seed}.json"
-    path.write_text(json.dumps(out, default=float))
-    log.info("wrote %s (%.0f s)", path, out["seconds"])
+    _runner.main(__file__, __doc__.split("\n")[0], "seed", SEEDS, run, lambda s: f"in_silico_seed{s}", assemble,
+                 epochs=5)
 
 
 if __name__ == "__main__":

@@ -22,23 +22,20 @@ knock-down's strongest simple signal. Random: k / n_candidates.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import subprocess
-import sys
 import time
-import warnings
 from pathlib import Path
 
+import _runner
 import numpy as np
 import pandas as pd
 
 SHARED = Path(os.environ.get("GENOHOPTION_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 PAPALEXI = "perturbation/papalexi2021_thp1_gears.h5ad"
 MCFALINE = "perturbation/mcfaline2023_gbm_perturbench_subset_gears.h5ad"
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = _runner.RESULTS
 RUNS = ["Papalexi 1", "Papalexi 2", "Papalexi 3", "McFaline A172", "McFaline T98G", "McFaline U87MG"]
 METHODS = ["ppr", "no_change", "mean", "additive", "linear", "target drop", "random"]
 K = (1, 3)
@@ -72,7 +69,7 @@ def target_drop_ranking(ctrl, observed, candidates, groupby: str) -> pd.DataFram
     return pd.DataFrame(rows, columns=["observed", "candidate", "score", "rank", "n_tied"])
 
 
-def run(label: str, epochs: int, max_cells: int, max_control: int) -> dict:
+def run(label: str, epochs: int, max_cells: int = 150, max_control: int = 500) -> dict:
     """One split: per held-out condition, the true condition's expected top-k hit of every method."""
     import scvi
     import torch
@@ -178,41 +175,8 @@ def assemble() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", default=None, help=f"one run, one of {RUNS}")
-    parser.add_argument("--all", action="store_true", help="every run in its own process, then the table")
-    parser.add_argument("--assemble", action="store_true", help="the table from benchmarks/results")
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--max-cells", type=int, default=150)
-    parser.add_argument("--max-control", type=int, default=500)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    if args.all:
-        for label in RUNS:
-            subprocess.run([sys.executable, __file__, "--run", label, "--threads", str(args.threads),
-                            "--epochs", str(args.epochs)], check=True)
-        print(assemble())
-        return
-    if args.assemble:
-        print(assemble())
-        return
-    import torch
-
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", category=UserWarning)  # Lightning's few-batches / num_workers hints
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "scvi", "genohoption"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    load = os.getloadavg()
-    log.info("%s: threads %d, load %s", args.run, torch.get_num_threads(), load)
-    start = time.time()
-    out = run(args.run, args.epochs, args.max_cells, args.max_control)
-    out |= {"threads": torch.get_num_threads(), "load": [round(x, 1) for x in load],
-            "seconds": time.time() - start, "epochs": args.epochs}
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"reverse_{args.run.replace(' ', '_')}.json"
-    path.write_text(json.dumps(out, indent=1, default=float))
-    log.info("wrote %s (%.0f s)", path, out["seconds"])
+    _runner.main(__file__, __doc__.split("\n")[0], "run", RUNS, run, lambda r: f"reverse_{r.replace(' ', '_')}",
+                 assemble, epochs=12, flag_type=str)
 
 
 if __name__ == "__main__":
