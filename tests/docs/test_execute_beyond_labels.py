@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-NOTEBOOK = Path(__file__).resolve().parents[2] / "tutorials" / "beyond_labels.ipynb"
+# stored unexecuted until it has been run on a quiet machine (then: executed, in tutorials/ and its index)
+NOTEBOOK = Path(__file__).resolve().parents[2] / "tutorials" / "unexecuted" / "beyond_labels.ipynb"
 
 
 @pytest.mark.slow
