@@ -40,7 +40,8 @@ nb_execution_mode = "off"  # tutorials are stored executed; building docs runs n
 nb_merge_streams = True
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 templates_path = ["_templates"]
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints"]
+# tutorials/unexecuted: notebooks not yet run (stored executed, they move to tutorials/)
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "tutorials/unexecuted"]
 suppress_warnings = ["myst.header", "mystnb.unknown_mime_type"]
 nitpicky = False
 

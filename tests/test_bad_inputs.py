@@ -502,6 +502,16 @@ CASES: list[Case] = [
          "applies to annotation models"),
     Case("pretrain/mask-ratio-1", lambda c: c.m.pretrain(c.q, max_epochs=1, mask_ratio=1.0), ValueError,
          r"mask_ratio must be in \(0, 1\)", prep=_tiny_model),
+    # ---------------------------------------------------------------- gene networks / reverse perturbation
+    Case("get_gene_network/numpy", lambda c: c.model.get_gene_network(c.q.X), TypeError, r"anndata\.AnnData"),
+    Case("get_gene_network/groupby-missing", lambda c: c.model.get_gene_network(c.q, groupby="nope"), KeyError,
+         "nope"),
+    Case("rank_perturbations/numpy-ctrl",
+         lambda c: gh.tl.rank_perturbations(c.env.pert_model, c.ctrl.X, c.ctrl, ["A+ctrl"]), TypeError,
+         r"anndata\.AnnData"),
+    Case("rank_perturbations/unknown-metric",
+         lambda c: gh.tl.rank_perturbations(c.env.pert_model, c.ctrl, c.ctrl, ["A+ctrl"], metric="spearman"),
+         ValueError, "choose one of"),
     # ---------------------------------------------------------------- predict / get_latent_representation
     Case("predict/numpy", lambda c: c.model.predict(c.q.X), TypeError, r"anndata\.AnnData\(X"),
     Case("predict/dataframe", lambda c: c.model.predict(c.q.to_df()), TypeError, r"anndata\.AnnData"),

@@ -53,6 +53,13 @@ SPLIT_KEY = "split"
 """``adata.obs`` column (and ``adata.uns`` key) of the train / val / test split the ``perturb`` command writes
 (:func:`genohoption.tl.perturbation_split`)."""
 
+# ---------------------------------------------------------------- gene networks and in silico perturbation
+GENE_NETWORK_KEY = "gene_network"
+"""Default ``adata.varp`` / ``adata.uns`` key of ``GenoHoptionModel.get_gene_network``."""
+
+IN_SILICO_KEY = "in_silico"
+"""Default ``adata.obsm`` / ``adata.varm`` / ``adata.uns`` key of :func:`genohoption.tl.in_silico_perturbation`."""
+
 # ---------------------------------------------------------------- adata.uns: parameters of writes
 UNS_KEY = "genohoption"
 """``adata.uns`` key where the model records parameters of its writes (``uns["genohoption"]["predict"]``)."""

@@ -215,3 +215,22 @@ def test_baron_label_transfer_to_new_species_batches(shared_data, tmp_path):
         "human1", "human2", "human3", "human4"]
     pred = loaded.predict(query.copy(), key_added="again")
     assert (pred.to_numpy() == query.obs["genohoption_prediction"].to_numpy()).all()
+
+
+def test_gene_network_and_in_silico_read_the_batches(trained, data):
+    """A batch-aware model's networks and in silico shifts use each cell's batch: the cells of a training batch
+    give the same result alone as beside other batches, and a new batch (AdaBN) the same alone as in a mix."""
+    model, ref = trained
+    query = data[1].copy()
+    both = ad.concat([ref, query])
+    net = model.get_gene_network(both, groupby="donor")
+    for donor, part in (("d0", ref[ref.obs["donor"] == "d0"].copy()), ("d2", query)):
+        alone = model.get_gene_network(part).sort_values(["source", "target"]).reset_index(drop=True)
+        mixed = net[net["group"] == donor].drop(columns="group").sort_values(["source", "target"])
+        pd.testing.assert_frame_equal(mixed.reset_index(drop=True), alone, check_dtype=False, rtol=1e-5)
+    gene = "g1"
+    mixed = gh.tl.in_silico_perturbation(model, both, gene).cell_shift
+    for part in (ref, query):
+        alone = gh.tl.in_silico_perturbation(model, part.copy(), gene).cell_shift
+        np.testing.assert_allclose(mixed.loc[part.obs_names].to_numpy(), alone.to_numpy(), rtol=1e-4, atol=1e-6)
+        assert np.isfinite(alone.to_numpy()).sum() > 0.5 * part.n_obs

@@ -29,6 +29,7 @@ from ._batch import check_batch_params, n_batches, resolve_batches
 from ._distributed import is_global_zero
 from ._fit import fit
 from ._io import file_paths, load_meta, load_model_files, save_model_files
+from ._network import check_network_model, gene_network
 from ._perturbation import PerturbationTask
 from ._pretrained import map_genes, read_pretrained
 from ._pretraining import PretrainingTask, pretraining_run
@@ -673,6 +674,76 @@ class GenoHoptionModel(BaseModelClass):
         """
         self._task.require("get_latent_representation")
         return self._task.get_latent_representation(self.module, self._resolve(adata), batch_size=batch_size)
+
+    def get_gene_network(self, adata: AnnData | None = None, groupby: str | None = None, *,
+                         key_added: str = K.GENE_NETWORK_KEY, batch_size: int = 64,
+                         min_weight: float = 1e-4) -> pd.DataFrame:
+        """Gene networks from the graph attention, averaged over cells (per group when asked).
+
+        Every cell is encoded as in :meth:`get_latent_representation`; the attention weights of every head
+        of every layer on the edges of its induced gene graph (the softmax of eq. 4 of Cheng et al.,
+        ``a_ij``: how much gene ``i`` attends to gene ``j``) are averaged over heads and layers and then
+        over the cells in which the edge occurs (both genes are tokens), accumulated a minibatch at a time
+        over the graph's edges (memory linear in edges, not cells). The K-hop receptive field is the
+        model's diffusion (PPR, heat or mask, with its ``n_hops``, ``alpha``, ``t``) applied to the averaged
+        attention with rows renormalised over genes: ``M[i, j]`` is the weight with which gene ``j``'s value
+        reaches gene ``i``, non-zero also for gene pairs that are not graph edges but within ``n_hops``.
+        Edges to the CLS token are left out. The forward pass itself is unchanged: the attention is
+        recomputed by hooks that exist only during this call.
+
+        Parameters
+        ----------
+        adata
+            Cells (genes aligned to the model by name); defaults to the training data. A backed AnnData is
+            read ``batch_size`` cells at a time.
+        groupby
+            Column of ``adata.obs``: one network per category (e.g. cell type). ``None``: one network of all
+            cells.
+        key_added
+            ``adata.varp`` key of the averaged attention (with ``groupby``: ``f"{key_added}_{group}"``, ``/`` in
+            a group's name written ``|``); the
+            receptive field goes to the same key + ``"_diffusion"``; parameters to ``adata.uns[key_added]``.
+        batch_size
+            Cells per forward pass.
+        min_weight
+            Entries of the receptive field below this are dropped after each hop (bounds its memory).
+
+        Returns
+        -------
+        Edge list of the averaged attention (decoupler style), one row per graph edge seen in at least one
+        cell (and per group): ``source`` (the attended gene ``j``; a regulator in a TF → target prior),
+        ``target`` (gene ``i``), ``attention`` (mean weight), ``n_cells``, and ``group`` with ``groupby``.
+        Written to ``adata``:
+
+        ``adata.varp[key]``
+            ``(n_vars, n_vars)`` CSR, ``[i, j]`` = mean attention of ``i`` on ``j`` (the gene graph's
+            orientation); genes of ``adata`` the model lacks have empty rows.
+        ``adata.varp[key + "_diffusion"]``
+            ``(n_vars, n_vars)`` CSR, the K-hop receptive field.
+        ``adata.uns[key_added]``
+            ``"params"`` (``groupby``, ``batch_size``, the diffusion's ``method``, ``n_hops``, ``alpha``, ``t``,
+            ``normalize``, ``min_weight``), ``"groups"``, ``"varp_keys"`` (group → its two varp keys) and
+            ``"n_cells"`` per group.
+
+        Raises
+        ------
+        TypeError
+            For a perturbation model (encode the control cells with a pretrained model instead), or if
+            ``adata`` is not an AnnData / MuData.
+        ValueError
+            For a dense-attention model (no graph edges), a bad ``batch_size`` / ``min_weight`` /
+            ``key_added``, or a query without cells or shared genes.
+        KeyError
+            If ``groupby`` is not a column of ``adata.obs``.
+
+        Examples
+        --------
+        >>> edges = model.get_gene_network(adata, groupby="cell_type")
+        >>> gh.pl.gene_graph(adata, "NKG7", key="gene_network_NK")
+        """
+        check_network_model(self.module, self._task.params)  # before the data are read
+        return gene_network(self.module, self._resolve(adata), self._task.params, groupby=groupby,
+                            key_added=key_added, batch_size=batch_size, min_weight=min_weight)
 
     def predict(self, adata: AnnData | None = None, *, batch_size: int = 128,
                 key_added: str = K.PREDICTION_KEY) -> pd.Series:

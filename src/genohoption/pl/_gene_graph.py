@@ -51,10 +51,11 @@ def gene_graph(
     max_neighbors: int = 30,
     node_size: float = 60.0,
     fontsize: float = 7.0,
+    weighted: bool = False,
     ax: Axes | None = None,
     show: bool | None = None,
 ) -> Axes | None:
-    """Draw the neighbourhood of one or several genes in the gene graph.
+    """Draw the neighbourhood of one or several genes in the gene graph or a gene network.
 
     The chosen genes sit in the centre (one gene) or on an inner circle; their neighbours (genes
     they attend to and genes attending to them) on an outer circle, grouped by centre gene. All graph
@@ -76,6 +77,11 @@ def gene_graph(
         Marker size of the neighbours (centre genes are drawn 2.5 times larger).
     fontsize
         Font size of the gene labels.
+    weighted
+        Draw the graph's weights: neighbours ranked by weight, line width proportional to it (the larger of
+        the two directions), one colour. For the networks of
+        :meth:`~genohoption.GenoHoptionModel.get_gene_network` (``key="gene_network"``, its receptive field
+        ``key="gene_network_diffusion"``). Default: edges coloured by source (co-expression, prior).
     ax
         Axes to draw into; a new figure if ``None``. Compose with scanpy, e.g.
         ``sc.pl.umap(adata, ax=axs[0], show=False)`` beside ``gh.pl.gene_graph(adata, "CD3E", ax=axs[1])``.
@@ -94,13 +100,18 @@ def gene_graph(
     genes = [genes] if isinstance(genes, str) else list(genes)
     if not genes:
         raise ValueError("Pass at least one gene.")
-    _, source = _graph_and_source(adata, key)
+    graph, source = _graph_and_source(adata, key)
+    if weighted:  # rank and draw by weight; the diagonal (self-attention) is not an edge of the drawing
+        weight = abs(graph).tocsr().astype(np.float64)
+        weight.setdiag(0)
+        weight.eliminate_zeros()
+        source = weight
     names = adata.var_names
     missing = [g for g in genes if g not in names]
     if missing:
         raise KeyError(f"Genes not in `adata.var_names`: {missing}.")
     centers = [int(names.get_loc(g)) for g in dict.fromkeys(genes)]
-    und = (source + source.T).tocsr()  # per unordered pair: sum of codes, used only for ranking
+    und = (source + source.T).tocsr()  # per unordered pair: sum of codes (or weights), used only for ranking
     csc_src = source.tocsc()
 
     neighbours: list[int] = []
@@ -131,18 +142,23 @@ def gene_graph(
         a = 2 * np.pi * t / max(len(neighbours), 1)
         pos[j] = (1.5 * np.cos(a), 1.5 * np.sin(a))
 
-    # induced subgraph, undirected: code of a pair = bitwise OR of the codes of both directions
+    # induced subgraph, undirected: code of a pair = bitwise OR of the codes of both directions (weights: max)
     sub = source[nodes][:, nodes].tocoo()
-    pairs: dict[tuple[int, int], int] = {}
+    pairs: dict[tuple[int, int], float] = {}
     for r, c, v in zip(sub.row.tolist(), sub.col.tolist(), sub.data.tolist(), strict=True):
         a, b = nodes[r], nodes[c]
         k = (min(a, b), max(a, b))
-        pairs[k] = pairs.get(k, 0) | int(v)
+        pairs[k] = max(pairs.get(k, 0.0), v) if weighted else int(pairs.get(k, 0)) | int(v)
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 6))
     handles = []
-    for code in (1, 2, 3, 0):
+    if weighted and pairs:
+        top = max(pairs.values())
+        ax.add_collection(LineCollection([[pos[a], pos[b]] for a, b in pairs], colors="#1f77b4", alpha=0.75,
+                                         linewidths=[0.3 + 4.0 * v / top for v in pairs.values()], zorder=1))
+        handles.append(Line2D([], [], color="#1f77b4", lw=2, label=f"weight (width; max {top:.3g}), {len(pairs)} edges"))
+    for code in () if weighted else (1, 2, 3, 0):
         segs = [[pos[a], pos[b]] for (a, b), v in pairs.items() if v == code]
         if not segs:
             continue

@@ -3,6 +3,7 @@
 from .._conditions import parse_condition
 from ._annotation import annotation_metrics, stratified_split
 from ._baselines import logistic_regression_baseline
+from ._in_silico import InSilicoResult, in_silico_perturbation, shift_alignment
 from ._perturbation import perturbation_metrics, perturbation_split, top_de_genes
 from ._perturbation_baselines import (
     AdditiveBaseline,
@@ -12,21 +13,27 @@ from ._perturbation_baselines import (
     PerturbationBaseline,
     fit_perturbation_baselines,
 )
+from ._reverse import perturbation_hit_rates, rank_perturbations
 from ._screen import screen_split, subsample_conditions
 
 __all__ = [
     "AdditiveBaseline",
+    "InSilicoResult",
     "LinearBaseline",
     "MeanBaseline",
     "NoChangeBaseline",
     "PerturbationBaseline",
     "annotation_metrics",
     "fit_perturbation_baselines",
+    "in_silico_perturbation",
     "logistic_regression_baseline",
     "parse_condition",
+    "perturbation_hit_rates",
     "perturbation_metrics",
     "perturbation_split",
+    "rank_perturbations",
     "screen_split",
+    "shift_alignment",
     "stratified_split",
     "subsample_conditions",
     "top_de_genes",
