@@ -3,6 +3,7 @@
 from .._conditions import parse_condition
 from ._annotation import annotation_metrics, stratified_split
 from ._baselines import logistic_regression_baseline
+from ._calibration import expected_calibration_error, fit_temperature, unknown_threshold
 from ._perturbation import perturbation_metrics, perturbation_split, top_de_genes
 from ._perturbation_baselines import (
     AdditiveBaseline,
@@ -21,7 +22,9 @@ __all__ = [
     "NoChangeBaseline",
     "PerturbationBaseline",
     "annotation_metrics",
+    "expected_calibration_error",
     "fit_perturbation_baselines",
+    "fit_temperature",
     "logistic_regression_baseline",
     "parse_condition",
     "perturbation_metrics",
@@ -30,4 +33,5 @@ __all__ = [
     "stratified_split",
     "subsample_conditions",
     "top_de_genes",
+    "unknown_threshold",
 ]
