@@ -345,7 +345,7 @@ def _peer_configs(args) -> list[dict]:
                                  "method": method})
     if "loto" in args.analyses:
         for seed in args.loto_seeds:
-            for heldout in PBMC3K_TYPES:
+            for heldout in args.loto_types:
                 for method in args.methods:
                     if method not in STOCHASTIC and seed != 0:
                         continue
@@ -370,8 +370,9 @@ def _ms(values) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "–"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def _paired(diffs: list[float]) -> str:
@@ -458,6 +459,8 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=20, help="GenoHoption in peers and loto")
     parser.add_argument("--false-unknown-rate", type=float, default=0.05)
     parser.add_argument("--loto-seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--loto-types", nargs="+", default=list(PBMC3K_TYPES), choices=PBMC3K_TYPES,
+                        help="types left out in turn (default: every type with >= 30 cells)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--pretrain-epochs", type=int, default=10)
     parser.add_argument("--fewshot-seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
@@ -468,8 +471,13 @@ def main() -> None:
     parser.add_argument("--summarize", type=Path, nargs="+",
                         help="print the tables of --json files written before (rows pooled); run nothing")
     args = parser.parse_args()
-    if args.summarize:
-        _tables([row for path in args.summarize for row in json.loads(path.read_text())])
+    if args.summarize:  # a run repeated in another file (same analysis, data, split, seed, method) counts once
+        rows = {}
+        for row in (row for path in args.summarize for row in json.loads(path.read_text())):
+            key = tuple(str(row.get(k)) for k in ("analysis", "dataset", "fraction", "split_seed", "seed", "kind",
+                                                  "attention", "n_hops", "pretrain", "method", "heldout"))
+            rows.setdefault(key, row)
+        _tables(list(rows.values()))
         return
     cfgs = _peer_configs(args) + _configs(args)
     start = time.time()
