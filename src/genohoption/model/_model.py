@@ -656,7 +656,7 @@ class GenoHoptionModel(BaseModelClass):
         Raises
         ------
         TypeError
-            For a model of another task.
+            For a model of another task, or if ``adata`` is not an AnnData / MuData.
         ValueError
             If no held-out cells are given and the model has none, the cells hold types the model does not
             know or missing labels, or ``false_unknown_rate`` is outside ``(0, 1)``.
@@ -676,6 +676,7 @@ class GenoHoptionModel(BaseModelClass):
                     "labelled cells it did not train on, model.calibrate(held_out), or train with train_size < 1."
                 )
             adata, source = self.adata[np.sort(np.asarray(held_out))].copy(), "validation cells"
+        adata = as_anndata(adata, allow_backed=True)
         labels_key = labels_key or self.registry_["setup_args"]["labels_key"]
         if labels_key not in adata.obs:
             raise KeyError(f"labels_key={labels_key!r} is not a column of adata.obs; available: "
