@@ -193,6 +193,8 @@ def _print(title: str, summary: list[dict], head: tuple[str, ...]) -> None:
 # one method on one split, in a fresh process: prints one JSON line
 RUN_PEER = r"""
 import json, logging, os, sys, time, warnings
+from genohoption.cli._common import yielding_thread_pools
+yielding_thread_pools()  # idle OpenMP threads sleep (as the command line): runs share the cores
 import torch
 cfg = json.loads(sys.argv[1])
 torch.set_num_threads(cfg["threads"])
