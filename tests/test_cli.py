@@ -83,6 +83,10 @@ def test_help_exits_zero(capsys):
         ("layer_missing_everywhere", "the reference: --layer 'counts' is not in adata.layers"),
         ("gene_symbols_missing", "no var column 'symbol'"),
         ("not_h5ad", "cannot read it as .h5ad"),
+        ("unknown_threshold_2", "argument --unknown-threshold: give 'calibrated', 'none' or a number in [0, 1], got '2'"),
+        ("calibrated_no_held_out", "--unknown-threshold calibrated needs held-out reference cells"),
+        ("calibration_fraction_1", "--calibration-fraction 1.0: give a fraction in [0, 1)"),
+        ("false_unknown_rate_0", "--false-unknown-rate 0.0: give a fraction in (0, 1)"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(case, expected, files, tmp_path, capsys):
@@ -105,6 +109,10 @@ def test_user_errors_are_one_line_exit_2(case, expected, files, tmp_path, capsys
         "layer_missing_everywhere": [*io, "--layer", "counts"],
         "gene_symbols_missing": [*io, "--gene-symbols", "symbol"],
         "not_h5ad": ["--reference", str(text_file), "--query", str(files["query"])],
+        "unknown_threshold_2": [*io, "--unknown-threshold", "2"],
+        "calibrated_no_held_out": [*io, "--calibration-fraction", "0"],
+        "calibration_fraction_1": [*io, "--calibration-fraction", "1"],
+        "false_unknown_rate_0": [*io, "--false-unknown-rate", "0"],
     }[case]
     if "--out" not in argv:
         argv = [*argv, "--out", str(out_dir)]
@@ -158,12 +166,22 @@ def _check_outputs(out_dir: Path, query_file: Path, *, seed: int) -> tuple[dict,
     assert np.array_equal(written.obsm["X_umap"], original.obsm["X_umap"])
     assert list(written.obs_names) == list(original.obs_names)
     pred = written.obs["genohoption_prediction"]
-    assert pred.notna().all() and set(pred.astype(str)) <= set(CELL_TYPES)
+    assert pred.notna().all() and set(pred.astype(str)) <= {*CELL_TYPES, "Unknown"}
     assert set(written.obs["logreg_prediction"].astype(str)) <= set(CELL_TYPES)
     assert written.obsm["X_genohoption"].shape[0] == written.n_obs
     # the figures in metrics.json are those of the written predictions
     truth = written.obs["cell_type"].astype(str).to_numpy()
-    assert metrics["accuracy"] == pytest.approx(np.mean(pred.astype(str).to_numpy() == truth))
+    # accuracy: a reference type for every cell (the probabilities' argmax), as the baseline's
+    forced = written.obsm["genohoption_probabilities"].idxmax(axis=1).to_numpy()
+    assert metrics["accuracy"] == pytest.approx(np.mean(forced == truth))
+    # the written predictions call the cells above the calibrated threshold Unknown, the others keep their type
+    unc, pred = metrics["uncertainty"], pred.astype(str).to_numpy()
+    unknown = pred == "Unknown"
+    np.testing.assert_array_equal(unknown, written.obs["genohoption_uncertainty"] > unc["unknown_threshold"])
+    assert unc["unknown_threshold"] == pytest.approx(unc["calibration"]["threshold"])
+    assert unc["n_unknown"] == unknown.sum() and (pred[~unknown] == forced[~unknown]).all()
+    assert unc["accuracy_with_unknown"] == pytest.approx(np.mean(pred == truth))
+    assert unc["calibration"]["n_cells"] == round(0.1 * 80) and unc["calibration"]["temperature"] > 0
     base = metrics["baseline_logreg"]
     baseline_pred = written.obs["logreg_prediction"].astype(str).to_numpy()
     assert base["accuracy"] == pytest.approx(np.mean(baseline_pred == truth))
@@ -171,7 +189,8 @@ def _check_outputs(out_dir: Path, query_file: Path, *, seed: int) -> tuple[dict,
     # three well-separated cell types: the linear baseline gets nearly all of them
     assert base["accuracy"] >= 0.9
     assert metrics["seed"] == seed and metrics["threads"] == 1
-    assert metrics["epochs"] == 1 and metrics["prior"] == "none"
+    # one epoch, and the pass of stochastic weight averaging that re-estimates the BatchNorm statistics
+    assert metrics["epochs"] == 2 and metrics["prior"] == "none"
     assert metrics["n_query"] == original.n_obs == 40 and metrics["n_genes_shared"] == 765
     return metrics, written
 
@@ -188,11 +207,14 @@ def test_annotate_tiny_run_without_plot(files, tmp_path, capsys):
     assert metrics["saved_model"] == str(model_dir)
     assert f"accuracy {metrics['accuracy']:.3f}" in out
     assert f"logistic regression: accuracy {metrics['baseline_logreg']['accuracy']:.3f}" in out
+    assert f"{metrics['uncertainty']['n_unknown']} of 40 query cells Unknown" in out
+    assert "calibration on 8 held-out reference cells: temperature" in out
     # the saved model reloads and predicts what the run wrote
     assert (model_dir / "model.safetensors").is_file() and (model_dir / "model.json").is_file()
     query = ad.read_h5ad(files["query"])
     model = gh.GenoHoptionModel.load(model_dir)
-    reloaded = model.predict(query)
+    assert model.calibration_ == pytest.approx(metrics["uncertainty"]["calibration"])
+    reloaded = model.predict(query, unknown_threshold="calibrated")
     assert list(reloaded.astype(str)) == list(written.obs["genohoption_prediction"].astype(str))
     # a second run refuses to overwrite the saved model, before training
     rc, _, err = _run(["annotate", "--reference", str(files["ref"]), "--query", str(files["query"]),
@@ -238,6 +260,11 @@ def test_logistic_regression_baseline_known_answer(sparse_x):
     assert isinstance(pred.dtype, pd.CategoricalDtype) and list(pred.cat.categories) == ["A", "B", "C"]
     assert pred.index.equals(query.obs_names) and pred.name == "logreg_prediction"
     assert list(pred.astype(str)) == list(query.obs["cell_type"].astype(str))
+    # the probability of the predicted type, beside the prediction (1 - it is the baseline's uncertainty)
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(max_iter=1000).fit(ref.X, ref.obs["cell_type"].astype(str))
+    np.testing.assert_allclose(query.obs["logreg_confidence"], clf.predict_proba(query.X).max(1), rtol=1e-6)
     assert query.obs["logreg_prediction"].equals(pred)
     m = gh.tl.annotation_metrics(query, "cell_type", prediction_key="logreg_prediction")
     assert m["accuracy"] == 1.0 and m["macro_f1"] == 1.0
@@ -345,10 +372,10 @@ def test_console_output_each_line_once_third_party_chatter_only_verbose(files, t
     for text in ("Tip", "litlogger", "LeafSpec", "Seed set to", "GPU available", "INFO:"):
         assert text not in stdout + stderr, text
     assert "Added `adata.varp['gene_graph']`" in stderr  # genohoption's own messages stay
-    assert "Epoch 1/1" in stdout + stderr  # the progress bar stays
+    assert "Epoch 1/" in stdout + stderr  # the progress bar stays (SWA adds a BatchNorm pass: 1/2)
     stdout, stderr = run("--verbose")
     for text in ("Seed set to 3", "GPU available"):
         assert stderr.count(text) == 1, (text, stderr)
     for text in ("litlogger", "LeafSpec"):  # advertisement and internal deprecation: never
         assert text not in stdout + stderr, text
-    assert "Added `adata.varp['gene_graph']`" in stderr and "Epoch 1/1" in stdout + stderr
+    assert "Added `adata.varp['gene_graph']`" in stderr and "Epoch 1/" in stdout + stderr

@@ -19,6 +19,13 @@ PREDICTION_KEY = "genohoption_prediction"
 CONFIDENCE_KEY = "genohoption_confidence"
 """``adata.obs`` column with the probability of the predicted cell type."""
 
+UNCERTAINTY_KEY = "genohoption_uncertainty"
+"""``adata.obs`` column with each cell's uncertainty, ``1 -`` the (calibrated) probability of the predicted type."""
+
+UNKNOWN_LABEL = "Unknown"
+"""Cell type written by ``predict(..., unknown_threshold=...)`` for cells more uncertain than the threshold
+(types the reference may lack)."""
+
 PROBABILITIES_KEY = "genohoption_probabilities"
 """``adata.obsm`` key with class probabilities, ``(n_obs, n_classes)``."""
 

@@ -10,6 +10,7 @@ import torch
 
 import genohoption as gh
 from genohoption.model._query import RowOutputs, aligned_matrix, iter_rows
+from genohoption.tl._calibration import scaled_probabilities
 
 SMALL = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_hid": 32}
 
@@ -60,7 +61,8 @@ def test_predict_and_embeddings_equal_joined_minibatch_outputs(model):
     with torch.inference_mode():
         outs = [model.module(x) for x in iter_rows(X, 32, model.device)]
     z = np.concatenate([o["z"].numpy() for o in outs])
-    p = np.concatenate([torch.softmax(o["logits"], -1).numpy() for o in outs])
+    # predict turns the logits into probabilities in float64, stored as float32 (temperature 1 until calibrate())
+    p = scaled_probabilities(np.concatenate([o["logits"].numpy() for o in outs])).astype(np.float32)
     assert len(outs) == 4 and z.shape == (100, model.get_latent_representation(batch_size=32).shape[1])
     np.testing.assert_array_equal(model.get_latent_representation(batch_size=32), z)
     model.predict(batch_size=32)

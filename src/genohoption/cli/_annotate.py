@@ -15,7 +15,11 @@ from .._constants import (
     LATENT_KEY,
     NEIGHBORS_KEY,
     PREDICTION_KEY,
+    PROBABILITIES_KEY,
     UMAP_KEY,
+    UNCERTAINTY_KEY,
+    UNS_KEY,
+    UNS_PREDICT,
 )
 from ._common import (
     METRICS_FILE,
@@ -74,10 +78,21 @@ def add_parser(sub) -> None:
                      help="prior regulatory network (CSV / TSV / parquet with source, target columns) for "
                      "the gene graph; 'none': co-expression only (default: the packaged OmniPath network)")
     ann.add_argument("--attention", default="ppr", choices=ATTENTIONS)
-    ann.add_argument("--max-epochs", type=int_at_least(1), default=15, metavar="N")
+    ann.add_argument("--max-epochs", type=int_at_least(1), default=MAX_EPOCHS, metavar="N")
     ann.add_argument("--validation-fraction", type=float, default=0.0, metavar="F",
-                     help="fraction of the reference held out for early stopping and the best-epoch weights; "
-                     "0 (default) trains on every reference cell for --max-epochs epochs")
+                     help="fraction of the reference held out for early stopping and the best-epoch weights "
+                     "(and calibration); 0 (default): no early stopping, --max-epochs epochs")
+    ann.add_argument("--calibration-fraction", type=float, default=CALIBRATION_FRACTION, metavar="F",
+                     help="with --validation-fraction 0: fraction of the reference held out of training to "
+                     "calibrate the probabilities (temperature) and choose the Unknown threshold "
+                     f"(default {CALIBRATION_FRACTION}); 0: every reference cell trains, no calibration")
+    ann.add_argument("--unknown-threshold", type=threshold_option, default="calibrated",
+                     metavar="calibrated|none|U",
+                     help="label query cells whose uncertainty exceeds this 'Unknown': 'calibrated' (default) "
+                     "the threshold chosen on the held-out reference cells, a number in [0, 1], or 'none'")
+    ann.add_argument("--false-unknown-rate", type=float, default=FALSE_UNKNOWN_RATE, metavar="R",
+                     help="largest fraction of held-out reference cells the calibrated threshold calls Unknown "
+                     f"(default {FALSE_UNKNOWN_RATE})")
     ann.add_argument("--patience", type=int_at_least(1), default=8, metavar="N",
                      help="early-stopping patience (epochs), with --validation-fraction > 0")
     ann.add_argument("--pretrain-epochs", type=int, default=0, metavar="N",
@@ -93,11 +108,31 @@ def add_parser(sub) -> None:
                     "idle threads sleep (OMP_WAIT_POLICY=PASSIVE unless set), so jobs can share cores")
 
 
+def threshold_option(text: str) -> float | str | None:
+    """``--unknown-threshold``: ``calibrated``, ``none`` or a number in [0, 1]."""
+    if text in ("calibrated", "none"):
+        return None if text == "none" else text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"give 'calibrated', 'none' or a number in [0, 1], got {text!r}")
+    return value
+
+
 # ---------------------------------------------------------------------------- checks before training
 def check_options(args: argparse.Namespace) -> None:
     """Check what needs no data: the option values and the paths of the inputs, the outputs and the prior."""
     if not 0.0 <= args.validation_fraction < 1.0:
         raise UserError(f"--validation-fraction {args.validation_fraction}: give a fraction in [0, 1).")
+    if not 0.0 <= args.calibration_fraction < 1.0:
+        raise UserError(f"--calibration-fraction {args.calibration_fraction}: give a fraction in [0, 1).")
+    if not 0.0 < args.false_unknown_rate < 1.0:
+        raise UserError(f"--false-unknown-rate {args.false_unknown_rate}: give a fraction in (0, 1).")
+    if args.unknown_threshold == "calibrated" and held_out_fraction(args) == 0:
+        raise UserError("--unknown-threshold calibrated needs held-out reference cells: give --calibration-fraction "
+                        "(or --validation-fraction) > 0, a number, or --unknown-threshold none.")
     if args.pretrain_epochs < 0:
         raise UserError(f"--pretrain-epochs {args.pretrain_epochs}: give 0 (no pretraining) or more epochs.")
     if (args.reference is None) != (args.query is None):
@@ -198,16 +233,18 @@ def run(args: argparse.Namespace) -> dict:
         gh.GenoHoptionModel.setup_anndata(reference, layer=args.layer, labels_key=labels_key)
     except (KeyError, ValueError, FileNotFoundError) as err:  # documented input errors, raised before training
         raise user_error(err, "the reference cannot be used") from None
-    model = gh.GenoHoptionModel(reference, attention=args.attention)
+    model = gh.GenoHoptionModel(reference, attention=args.attention, dropout=DROPOUT)
     if args.pretrain_epochs:
         import anndata as ad
 
         cells = ad.concat([reference, query], join="inner")
         cells.obs_names_make_unique()
         model.pretrain(cells, max_epochs=args.pretrain_epochs, batch_size=args.batch_size)
-    model.train(max_epochs=args.max_epochs, batch_size=args.batch_size, train_size=1.0 - args.validation_fraction,
-                early_stopping_patience=args.patience)
-    model.predict(query)
+    calibration = train_recipe(model, max_epochs=args.max_epochs, batch_size=args.batch_size,
+                               validation_fraction=args.validation_fraction,
+                               calibration_fraction=args.calibration_fraction, patience=args.patience,
+                               false_unknown_rate=args.false_unknown_rate)
+    model.predict(query, unknown_threshold=args.unknown_threshold)
     seconds = time.perf_counter() - start
 
     metrics: dict = {"data": source, "labels_key": labels_key, "layer": args.layer, "attention": args.attention,
@@ -218,12 +255,15 @@ def run(args: argparse.Namespace) -> dict:
                      "n_genes_shared": int(reference.var_names.isin(query.var_names).sum()),
                      "graph_edges": int(reference.varp[GRAPH_KEY].nnz),
                      "epochs": len(model.history_["train_loss"]), "pretrain_epochs": args.pretrain_epochs,
-                     "validation_fraction": args.validation_fraction}
+                     "validation_fraction": args.validation_fraction,
+                     "calibration_fraction": 0.0 if args.validation_fraction else args.calibration_fraction,
+                     "recipe": RECIPE_NAME}
     has_labels = labels_key in query.obs
-    if has_labels:
-        metrics.update(gh.tl.annotation_metrics(query, labels_key))
+    if has_labels:  # a reference type for every cell (the probabilities' argmax): the figures beside the baseline's
+        metrics.update(gh.tl.annotation_metrics(reference_type_predictions(query, labels_key), labels_key))
         metrics.pop("n_obs")
     metrics["seconds"] = round(seconds, 1)
+    metrics["uncertainty"] = uncertainty_summary(query, labels_key if has_labels else None, calibration)
 
     t0 = time.perf_counter()
     gh.tl.logistic_regression_baseline(reference, query, labels_key, layer=args.layer, key_added=BASELINE_PREDICTION_KEY,
@@ -243,7 +283,7 @@ def run(args: argparse.Namespace) -> dict:
     if not args.no_plot:
         sc.pp.neighbors(query, use_rep=LATENT_KEY, key_added=NEIGHBORS_KEY, random_state=args.seed)
         sc.tl.umap(query, neighbors_key=NEIGHBORS_KEY, key_added=UMAP_KEY, random_state=args.seed)
-        color = [PREDICTION_KEY, BASELINE_PREDICTION_KEY] + ([labels_key] if has_labels else [])
+        color = [PREDICTION_KEY, UNCERTAINTY_KEY, BASELINE_PREDICTION_KEY] + ([labels_key] if has_labels else [])
         fig = sc.pl.embedding(query, basis=UMAP_KEY, color=color, show=False, return_fig=True, wspace=0.6)
         fig.savefig(args.out / UMAP_FILE, dpi=120, bbox_inches="tight")
     query.write_h5ad(args.out / QUERY_FILE)
@@ -251,9 +291,98 @@ def run(args: argparse.Namespace) -> dict:
     return metrics
 
 
+def held_out_fraction(args: argparse.Namespace) -> float:
+    """Fraction of the reference kept out of training (validation cells, else calibration cells)."""
+    return args.validation_fraction or args.calibration_fraction
+
+
+RECIPE_NAME = "swa"
+"""Name of the training recipe of :func:`train_recipe`, recorded in ``metrics.json``."""
+
+MAX_EPOCHS = 20
+"""Default epochs of the main job."""
+
+DROPOUT = 0.2
+"""Dropout of the main job's model (``GenoHoptionModel(dropout=...)``)."""
+
+SWA_EPOCH_START = 0.5
+"""Fraction of the epochs after which the weights are averaged (stochastic weight averaging)."""
+
+SWA_LR = 1e-3
+"""Learning rate while the weights are averaged (the training rate: a constant schedule)."""
+
+CALIBRATION_FRACTION = 0.1
+"""Default fraction of the reference held out of training for calibration."""
+
+FALSE_UNKNOWN_RATE = 0.05
+"""Default largest fraction of known-type cells the calibrated threshold calls Unknown."""
+
+
+def train_recipe(model, *, max_epochs: int, batch_size: int, validation_fraction: float = 0.0,
+                 calibration_fraction: float = CALIBRATION_FRACTION, patience: int = 8,
+                 false_unknown_rate: float = FALSE_UNKNOWN_RATE, enable_progress_bar: bool | None = None) -> dict | None:
+    """Train ``model`` with the main job's recipe, then calibrate it on the held-out reference cells.
+
+    The model is built by the caller (the command line: dropout :data:`DROPOUT`). Without validation cells:
+    ``calibration_fraction`` of the reference (scvi-tools' random split, seeded) is kept out of training, the
+    weights of the second half of the epochs are averaged (Lightning's
+    :class:`~lightning.pytorch.callbacks.StochasticWeightAveraging`, Izmailov et al. 2018), and the
+    held-out cells fit the temperature and the Unknown threshold (``model.calibrate()``). With
+    ``validation_fraction > 0``: early stopping with ``patience`` and the best epoch's weights instead of the
+    averaging; the validation cells calibrate. Returns the calibration record, or ``None`` when no cell was
+    held out.
+    """
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    held_out = validation_fraction or calibration_fraction
+    kwargs = {} if enable_progress_bar is None else {"enable_progress_bar": enable_progress_bar}
+    if validation_fraction:
+        model.train(max_epochs=max_epochs, batch_size=batch_size, train_size=1.0 - validation_fraction,
+                    early_stopping_patience=patience, **kwargs)
+    else:
+        swa = StochasticWeightAveraging(swa_lrs=SWA_LR, swa_epoch_start=SWA_EPOCH_START, annealing_epochs=1)
+        model.train(max_epochs=max_epochs, batch_size=batch_size, train_size=1.0 - held_out, early_stopping=False,
+                    restore_best_weights=False, callbacks=[swa], **kwargs)
+    return model.calibrate(false_unknown_rate=false_unknown_rate) if held_out else None
+
+
+def reference_type_predictions(query, labels_key: str):
+    """Return an AnnData (obs only) with the query's labels and the most probable reference type of each cell."""
+    import anndata as ad
+    import pandas as pd
+
+    probs = query.obsm[PROBABILITIES_KEY]
+    classes = query.uns[UNS_KEY][UNS_PREDICT]["classes"]
+    forced = pd.Categorical.from_codes(probs.to_numpy().argmax(1), categories=classes)
+    return ad.AnnData(obs=pd.DataFrame({labels_key: query.obs[labels_key].to_numpy(), PREDICTION_KEY: forced},
+                                       index=query.obs_names))
+
+
+def uncertainty_summary(query, labels_key: str | None, calibration: dict | None) -> dict:
+    """Summarise the uncertainty of the predicted query (``obs``, ``uns`` as :meth:`predict` wrote them).
+
+    The summary holds the calibration record (temperature, threshold, expected calibration errors on the
+    held-out reference cells), the threshold used, how many query cells are Unknown, the query's mean
+    uncertainty and, with labels and a threshold, accuracy and macro F1 counting Unknown as wrong.
+    """
+    import genohoption as gh
+
+    record = query.uns[UNS_KEY][UNS_PREDICT]
+    summary: dict = {"calibration": calibration, "unknown_threshold": record["unknown_threshold"],
+                     "mean_uncertainty": float(query.obs[UNCERTAINTY_KEY].mean())}
+    if record["unknown_threshold"] is not None:
+        summary["n_unknown"] = record["n_unknown"]
+        summary["fraction_unknown"] = round(record["n_unknown"] / query.n_obs, 4)
+        if labels_key is not None:
+            scores = gh.tl.annotation_metrics(query, labels_key)
+            summary["accuracy_with_unknown"] = scores["accuracy"]
+            summary["macro_f1_with_unknown"] = scores["macro_f1"]
+    return summary
+
+
 def report(metrics: dict, args: argparse.Namespace) -> None:
     """Print the metrics of a finished run on stdout."""
-    summary = {k: v for k, v in metrics.items() if k != "per_class_f1"}
+    summary = {k: v for k, v in metrics.items() if k not in ("per_class_f1", "uncertainty")}
     print(json.dumps(summary, indent=1))
     if "per_class_f1" in metrics:
         print("per-class F1:")
@@ -264,5 +393,19 @@ def report(metrics: dict, args: argparse.Namespace) -> None:
         print(f"GenoHoption ({metrics['attention']}): accuracy {metrics['accuracy']:.3f}, macro F1 "
               f"{metrics['macro_f1']:.3f} | logistic regression: accuracy {base['accuracy']:.3f}, macro F1 "
               f"{base['macro_f1']:.3f} ({metrics['n_query']} query cells)")
+    unc = metrics["uncertainty"]
+    cal = unc["calibration"]
+    if cal is not None:
+        print(f"calibration on {cal['n_cells']} held-out reference cells: temperature {cal['temperature']:.2f}, "
+              f"expected calibration error {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}, Unknown threshold "
+              f"{cal['threshold']:.3f} (at most {cal['false_unknown_rate']:.0%} of known-type cells)")
+    line = f"uncertainty: mean {unc['mean_uncertainty']:.3f} over the query"
+    if unc["unknown_threshold"] is not None:
+        line += (f"; {unc['n_unknown']} of {metrics['n_query']} query cells Unknown (uncertainty > "
+                 f"{unc['unknown_threshold']:.3f})")
+        if "accuracy_with_unknown" in unc:
+            line += (f"; counting Unknown as wrong: accuracy {unc['accuracy_with_unknown']:.3f}, macro F1 "
+                     f"{unc['macro_f1_with_unknown']:.3f}")
+    print(line)
     print(f"wrote {args.out}/{QUERY_FILE}, {METRICS_FILE}" + ("" if args.no_plot else f", {UMAP_FILE}")
           + (f"; model in {args.save_model}" if args.save_model is not None else ""))

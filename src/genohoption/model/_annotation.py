@@ -14,6 +14,7 @@ from scvi import REGISTRY_KEYS
 from scvi.data.fields import CategoricalObsField
 
 from .. import _constants as K
+from .._utils import companion_key
 from .._validate import check_key, check_labels, get_matrix, matrix_name, uns_entry
 from ..module import AnnotationModule
 from ._batch import adapted_batch_norms, batch_field, iter_query, n_batches
@@ -139,7 +140,7 @@ class AnnotationTask(Task):
     # ---------------------------------------------------------------- inference
     @torch.inference_mode()
     def _forward(self, module, query: Query, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Embeddings ``(n_obs, d_latent)`` and class probabilities ``(n_obs, n_labels)`` of the query's cells.
+        """Embeddings ``(n_obs, d_latent)`` and class logits ``(n_obs, n_labels)`` of the query's cells.
 
         Raises
         ------
@@ -151,35 +152,108 @@ class AnnotationTask(Task):
         with adapted_batch_norms(module, query, batch_size, lambda x, b: module(x, batch_index=b)):
             for x, b in iter_query(query, batch_size, module.device, matrix_name(query.layer)):
                 out = module(x, batch_index=b)
-                z, p = out["z"].float(), torch.softmax(out["logits"].float(), -1)
-                if not (bool(torch.isfinite(z).all()) and bool(torch.isfinite(p).all())):
+                z, s = out["z"].float(), out["logits"].float()
+                if not (bool(torch.isfinite(z).all()) and bool(torch.isfinite(s).all())):
                     raise _not_finite(module)
-                rows.add(z, p)
+                rows.add(z, s)
         return rows.arrays
 
     def get_latent_representation(self, module, query: Query, *, batch_size: int = 128) -> np.ndarray:
         """Cell embeddings ``(n_obs, d_latent)`` (see :meth:`GenoHoptionModel.get_latent_representation`)."""
         return self._forward(module, query, batch_size)[0]
 
-    def predict(self, module, query: Query, *, batch_size: int = 128,
-                key_added: str = K.PREDICTION_KEY) -> pd.Series:
-        """Predict cell types and write them to ``query.adata`` (see :meth:`GenoHoptionModel.predict`)."""
+    def label_codes(self, labels: pd.Series) -> np.ndarray:
+        """Logit index of each label of ``labels`` (cell types of the model).
+
+        Raises
+        ------
+        ValueError
+            For missing labels or cell types the model does not know (naming them).
+        """
+        if labels.isna().any():
+            raise ValueError(f"{int(labels.isna().sum())} cells have no label; drop them first.")
+        names = pd.Index([str(c) for c in self.labels])
+        codes = names.get_indexer(labels.astype(str))
+        if (codes < 0).any():
+            new = pd.Index(labels.astype(str)[codes < 0].unique())
+            raise ValueError(f"cell types the model was not trained on ({new[:3].tolist()}): calibration needs "
+                             "held-out cells of the reference's types; drop the others.")
+        return codes
+
+    def calibrate(self, module, query: Query, codes: np.ndarray, *, false_unknown_rate: float = 0.05,
+                  batch_size: int = 128) -> dict[str, Any]:
+        """Fit the temperature and the "Unknown" threshold on labelled held-out cells of the reference's types.
+
+        See :meth:`GenoHoptionModel.calibrate`; returns its record (nothing is written).
+        """
+        from ..tl._calibration import (
+            expected_calibration_error,
+            fit_temperature,
+            scaled_probabilities,
+            uncertainty_from_probabilities,
+            unknown_threshold,
+        )
+
+        _, logits = self._forward(module, query, batch_size)
+        temperature = fit_temperature(logits, codes)
+        raw, scaled = scaled_probabilities(logits), scaled_probabilities(logits, temperature)
+        rows = np.arange(len(codes))
+        return {
+            "temperature": temperature,
+            "threshold": unknown_threshold(uncertainty_from_probabilities(scaled),
+                                           false_unknown_rate=false_unknown_rate),
+            "false_unknown_rate": float(false_unknown_rate),
+            "n_cells": len(codes),
+            "accuracy": float((logits.argmax(1) == codes).mean()),
+            "ece_before": expected_calibration_error(raw, codes),
+            "ece_after": expected_calibration_error(scaled, codes),
+            "nll_before": float(-np.log(np.maximum(raw[rows, codes], 1e-300)).mean()),
+            "nll_after": float(-np.log(np.maximum(scaled[rows, codes], 1e-300)).mean()),
+        }
+
+    def predict(self, module, query: Query, *, batch_size: int = 128, key_added: str = K.PREDICTION_KEY,
+                temperature: float = 1.0, unknown_threshold: float | None = None) -> pd.Series:
+        """Predict cell types and write them to ``query.adata`` (see :meth:`GenoHoptionModel.predict`).
+
+        ``temperature`` divides the logits (calibration); cells whose uncertainty exceeds
+        ``unknown_threshold`` (when given) get :data:`~genohoption._constants.UNKNOWN_LABEL`.
+        """
+        from ..tl._calibration import scaled_probabilities, uncertainty_from_probabilities
+
         check_key(key_added)
+        if unknown_threshold is not None and not (isinstance(unknown_threshold, int | float | np.floating)
+                                                  and not isinstance(unknown_threshold, bool)
+                                                  and 0.0 <= unknown_threshold <= 1.0):
+            raise ValueError(f"unknown_threshold must be a number in [0, 1], 'calibrated' or None, got "
+                             f"{unknown_threshold!r}.")
         adata = query.adata
         uns_entry(adata)
-        _, probs = self._forward(module, query, batch_size)
-        labels = self.labels
-        pred = pd.Categorical(labels[probs.argmax(1)], categories=labels)
+        _, logits = self._forward(module, query, batch_size)
+        probs = scaled_probabilities(logits, temperature).astype(np.float32)
+        uncertainty = uncertainty_from_probabilities(probs)
+        labels = [str(c) for c in self.labels]
+        names = np.asarray(labels, dtype=object)[probs.argmax(1)]
+        categories = list(self.labels)
+        if unknown_threshold is not None:
+            names = np.where(uncertainty > unknown_threshold, K.UNKNOWN_LABEL, names)
+            if K.UNKNOWN_LABEL not in labels:
+                categories.append(K.UNKNOWN_LABEL)
+        pred = pd.Categorical(names, categories=[str(c) for c in categories])
         series = pd.Series(pred, index=adata.obs_names, name=key_added)
         confidence_key = confidence_key_for(key_added)
-        columns = probability_columns(labels)
+        uncertainty_key = uncertainty_key_for(key_added)
+        columns = probability_columns(self.labels)
         record = {
             "key_added": key_added,
             "confidence_key": confidence_key,
+            "uncertainty_key": uncertainty_key,
             "probabilities_key": K.PROBABILITIES_KEY,
-            "classes": [str(c) for c in labels],
+            "classes": labels,
             "attention": self.params["attention"],
             "n_genes_matched": query.n_genes_matched,
+            "temperature": float(temperature),
+            "unknown_threshold": None if unknown_threshold is None else float(unknown_threshold),
+            "n_unknown": int((series == K.UNKNOWN_LABEL).sum()) if unknown_threshold is not None else 0,
         }
         if adata.is_view:  # as scanpy does: the view becomes an AnnData of its own (its parent is not written)
             warnings.warn(
@@ -192,10 +266,11 @@ class AnnotationTask(Task):
         # everything is computed: write
         adata.obs[key_added] = series
         adata.obs[confidence_key] = probs.max(1)
+        adata.obs[uncertainty_key] = uncertainty.astype(np.float32)
         adata.obsm[K.PROBABILITIES_KEY] = pd.DataFrame(probs, index=adata.obs_names, columns=columns)
         uns_entry(adata, create=True)[K.UNS_PREDICT] = record
-        logger.info("wrote adata.obs[%r], adata.obs[%r], adata.obsm[%r]", key_added, confidence_key,
-                    K.PROBABILITIES_KEY)
+        logger.info("wrote adata.obs[%r], adata.obs[%r], adata.obs[%r], adata.obsm[%r]", key_added, confidence_key,
+                    uncertainty_key, K.PROBABILITIES_KEY)
         return series
 
 
@@ -235,10 +310,13 @@ def probability_columns(labels) -> list[str]:
 
 def confidence_key_for(key_added: str) -> str:
     """``adata.obs`` column of the confidence that goes with the prediction column ``key_added``."""
-    if key_added == K.PREDICTION_KEY:
-        return K.CONFIDENCE_KEY
-    return key_added.removesuffix("prediction") + "confidence" if key_added.endswith("prediction") else (
-        f"{key_added}_confidence")
+    return K.CONFIDENCE_KEY if key_added == K.PREDICTION_KEY else companion_key(key_added, "confidence")
 
 
-__all__ = ["PROBABILITY_COLUMN_SLASH", "AnnotationTask", "confidence_key_for", "probability_columns"]
+def uncertainty_key_for(key_added: str) -> str:
+    """``adata.obs`` column of the uncertainty that goes with the prediction column ``key_added``."""
+    return K.UNCERTAINTY_KEY if key_added == K.PREDICTION_KEY else companion_key(key_added, "uncertainty")
+
+
+__all__ = ["PROBABILITY_COLUMN_SLASH", "AnnotationTask", "confidence_key_for", "probability_columns",
+           "uncertainty_key_for"]

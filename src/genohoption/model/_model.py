@@ -183,6 +183,9 @@ class GenoHoptionModel(BaseModelClass):
         Per-epoch training metrics (dict of DataFrames): ``train_loss``, ``validation_loss``, and for
         annotation ``train_accuracy``, ``validation_accuracy``, ``validation_macro_f1``; for
         perturbation ``train_mse``, ``validation_mse``.
+    calibration_
+        Annotation models: the record of :meth:`calibrate` (temperature, "Unknown" threshold, calibration
+        errors), saved with the model; ``None`` until calibrated, and again after training.
 
     Raises
     ------
@@ -275,6 +278,7 @@ class GenoHoptionModel(BaseModelClass):
         self.module = built.module
         self.pretrained_report_ = built.report
         self.pretrain_history_: dict | None = None
+        self.calibration_: dict | None = None  # written by calibrate(), saved with the model
         # scale of the registered values (raw counts or log-normalised), compared with queries' at inference
         self.value_scale_ = (value_scale(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY))
                              if adata is not None else None)
@@ -559,6 +563,7 @@ class GenoHoptionModel(BaseModelClass):
             early_stopping_patience=early_stopping_patience, restore_best_weights=restore_best_weights,
             accelerator=accelerator, devices=devices, datasplitter_kwargs=datasplitter_kwargs,
             plan_kwargs=plan_kwargs, trainer_kwargs=trainer_kwargs)
+        self.calibration_ = None  # new weights: an earlier calibration no longer holds
 
     def pretrain(
         self,
@@ -633,6 +638,7 @@ class GenoHoptionModel(BaseModelClass):
             devices=devices, datasplitter_kwargs=None, plan_kwargs=plan_kwargs, trainer_kwargs=trainer_kwargs)
         self.module.eval()
         self.pretrain_history_ = run.history_
+        self.calibration_ = None
 
     # ------------------------------------------------------------------ inference
     def get_latent_representation(self, adata: AnnData | None = None, *, batch_size: int = 128) -> np.ndarray:
@@ -745,8 +751,78 @@ class GenoHoptionModel(BaseModelClass):
         return gene_network(self.module, self._resolve(adata), self._task.params, groupby=groupby,
                             key_added=key_added, batch_size=batch_size, min_weight=min_weight)
 
+    def calibrate(self, adata: AnnData | None = None, labels_key: str | None = None, *,
+                  false_unknown_rate: float = 0.05, batch_size: int = 128) -> dict[str, Any]:
+        """Calibrate the class probabilities and choose the "Unknown" threshold on held-out reference cells.
+
+        Temperature scaling (:func:`genohoption.tl.fit_temperature`; Guo et al. 2017): one temperature ``T``
+        that minimises the negative log-likelihood of ``softmax(logits / T)`` on labelled cells the model did
+        not train on. Then each cell's uncertainty ``1 - max_k p_k`` (the calibrated probability that its
+        label is wrong) is computed, and the threshold above which :meth:`predict` calls a cell "Unknown" is
+        the conformal quantile of those held-out cells' uncertainties that calls at most
+        ``false_unknown_rate`` of known-type cells "Unknown" (:func:`genohoption.tl.unknown_threshold`).
+        Query cells are never used. :meth:`predict` applies ``T`` from then on; :meth:`save` keeps it.
+
+        Parameters
+        ----------
+        adata
+            Labelled held-out cells of the reference's cell types (genes aligned by name). ``None`` (default):
+            the validation cells that :meth:`train` held out from the model's data (``train_size < 1``); a
+            model trained on every cell (``train_size=1``) has none, so pass cells it did not train on (e.g.
+            a stratified split of the reference kept out of training, as the command line does).
+        labels_key
+            Column of ``adata.obs`` with their cell types; default the ``labels_key`` of :meth:`setup_anndata`.
+        false_unknown_rate
+            Largest fraction of known-type cells that ``predict(..., unknown_threshold="calibrated")`` may
+            call "Unknown", in ``(0, 1)`` (default 0.05).
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        The record, also kept as :attr:`calibration_`: ``temperature``, ``threshold`` (on the uncertainty,
+        in ``[0, 1]``), ``false_unknown_rate``, ``n_cells``, ``accuracy`` of the held-out cells, ``ece_before``
+        / ``ece_after`` (expected calibration error, :func:`genohoption.tl.expected_calibration_error`, with
+        ``T = 1`` and with ``T``), ``nll_before`` / ``nll_after``, and ``source`` (``"validation cells"`` or
+        ``"given cells"``). Fitted on the same cells it scores, ``ece_after`` is an in-sample figure.
+
+        Raises
+        ------
+        TypeError
+            For a model of another task, or if ``adata`` is not an AnnData / MuData.
+        ValueError
+            If no held-out cells are given and the model has none, the cells hold types the model does not
+            know or missing labels, or ``false_unknown_rate`` is outside ``(0, 1)``.
+        KeyError
+            If ``labels_key`` is not a column of ``adata.obs``.
+        """
+        if not isinstance(self._task, AnnotationTask):
+            raise self._task._wrong("calibrate")
+        if not 0.0 < float(false_unknown_rate) < 1.0:
+            raise ValueError(f"false_unknown_rate must be in (0, 1), got {false_unknown_rate!r}.")
+        source = "given cells"
+        if adata is None:
+            held_out = getattr(self, "validation_indices", None)
+            if self.adata is None or held_out is None or len(held_out) == 0:
+                raise ValueError(
+                    "The model has no held-out cells (it was trained on every cell, train_size=1, or loaded): pass "
+                    "labelled cells it did not train on, model.calibrate(held_out), or train with train_size < 1."
+                )
+            adata, source = self.adata[np.sort(np.asarray(held_out))].copy(), "validation cells"
+        adata = as_anndata(adata, allow_backed=True)
+        labels_key = labels_key or self.registry_["setup_args"]["labels_key"]
+        if labels_key not in adata.obs:
+            raise KeyError(f"labels_key={labels_key!r} is not a column of adata.obs; available: "
+                           f"{list(adata.obs.columns)}.")
+        codes = self._task.label_codes(adata.obs[labels_key])
+        record = self._task.calibrate(self.module, self._resolve(adata), codes,
+                                      false_unknown_rate=false_unknown_rate, batch_size=batch_size)
+        self.calibration_ = {**record, "source": source}
+        return dict(self.calibration_)
+
     def predict(self, adata: AnnData | None = None, *, batch_size: int = 128,
-                key_added: str = K.PREDICTION_KEY) -> pd.Series:
+                key_added: str = K.PREDICTION_KEY,
+                unknown_threshold: float | Literal["calibrated"] | None = None) -> pd.Series:
         """Predict cell types and write them to ``adata.obs``.
 
         Genes are matched to the model's genes by name: a query with reordered genes or a subset of
@@ -766,19 +842,28 @@ class GenoHoptionModel(BaseModelClass):
             Cells per forward pass.
         key_added
             Column of ``adata.obs`` for the predicted cell type.
+        unknown_threshold
+            Call cells whose uncertainty exceeds this value ``"Unknown"`` (:data:`genohoption._constants.UNKNOWN_LABEL`):
+            a number in ``[0, 1]``, or ``"calibrated"`` for the threshold :meth:`calibrate` chose on held-out
+            reference cells. ``None`` (default): every cell gets a reference type.
 
         Returns
         -------
         Predicted cell types, categorical, indexed by ``adata.obs_names``. Also writes
 
-        - ``adata.obs[key_added]``: predicted cell type (categorical);
+        - ``adata.obs[key_added]``: predicted cell type (categorical; with ``unknown_threshold``, the
+          category ``"Unknown"`` is added);
         - ``adata.obs[f"{key_added[:-len('prediction')]}confidence"]`` (``genohoption_confidence`` by
           default): probability of the predicted type, in [0, 1];
+        - ``adata.obs[f"{key_added[:-len('prediction')]}uncertainty"]`` (``genohoption_uncertainty``):
+          ``1 -`` that probability. After :meth:`calibrate` the probabilities are temperature-scaled, so the
+          uncertainty estimates the chance that the predicted reference type is wrong;
         - ``adata.obsm["genohoption_probabilities"]``: ``(n_obs, n_classes)`` DataFrame of class
           probabilities, one column per cell type; a ``/`` in a cell-type name becomes ``|`` in its column
           name (h5ad files cannot store ``/`` in names);
-        - ``adata.uns["genohoption"]["predict"]``: the parameters of this call, and ``"classes"``, the
-          cell types in column order, as named in the reference.
+        - ``adata.uns["genohoption"]["predict"]``: the parameters of this call (``temperature``,
+          ``unknown_threshold``, ``n_unknown`` among them), and ``"classes"``, the cell types in column
+          order, as named in the reference.
 
         A view is first made an AnnData of its own (with a warning), as scanpy does.
 
@@ -790,7 +875,8 @@ class GenoHoptionModel(BaseModelClass):
         ValueError
             If the query has no cells, shares no gene with the model, holds NaN / negative values or
             values beyond float32, ``key_added`` is empty or contains ``/``, ``batch_size`` is not a
-            positive integer, the outputs are not finite (the message names the damaged weights), or the
+            positive integer, ``unknown_threshold`` is not in ``[0, 1]`` (or is ``"calibrated"`` for a model
+            that :meth:`calibrate` has not calibrated), the outputs are not finite (the message names the damaged weights), or the
             query is backed with a CSC ``X`` or is a view of a backed AnnData.
         KeyError
             If the model's layer is missing from the query, or the model's ``batch_key`` column.
@@ -803,7 +889,17 @@ class GenoHoptionModel(BaseModelClass):
             reverse; see :attr:`value_scale_`).
         """
         self._task.require("predict")
-        return self._task.predict(self.module, self._resolve(adata), batch_size=batch_size, key_added=key_added)
+        if isinstance(unknown_threshold, str):
+            if unknown_threshold != "calibrated":
+                raise ValueError(f"unknown_threshold={unknown_threshold!r}: give a number in [0, 1], 'calibrated' "
+                                 "or None.")
+            if self.calibration_ is None:
+                raise ValueError("unknown_threshold='calibrated' needs a calibrated model: call "
+                                 "model.calibrate(held_out_cells) first, or give a number in [0, 1].")
+            unknown_threshold = self.calibration_["threshold"]
+        temperature = self.calibration_["temperature"] if self.calibration_ is not None else 1.0
+        return self._task.predict(self.module, self._resolve(adata), batch_size=batch_size, key_added=key_added,
+                                  temperature=temperature, unknown_threshold=unknown_threshold)
 
     def predict_perturbation(
         self,
@@ -919,7 +1015,8 @@ class GenoHoptionModel(BaseModelClass):
             return
         meta = {"class": type(self).__name__, "init_params": self.init_params_, "registry": self.registry_,
                 "history": self.history_, "pretrain_history": self.pretrain_history_,
-                "is_trained": bool(self.is_trained_), "value_scale": self.value_scale_}
+                "is_trained": bool(self.is_trained_), "value_scale": self.value_scale_,
+                "calibration": self.calibration_}
         paths = save_model_files(dir_path, self.module.state_dict(), meta, prefix=prefix, overwrite=overwrite)
         if save_anndata:
             self.adata.write_h5ad(paths["adata"], **anndata_write_kwargs)
@@ -1015,6 +1112,7 @@ class GenoHoptionModel(BaseModelClass):
         model.is_trained_ = bool(meta.get("is_trained", True))
         model.history_ = meta.get("history")
         model.pretrain_history_ = meta.get("pretrain_history")
+        model.calibration_ = meta.get("calibration")
         model._model_summary_string = model._summary()
         if adata is not None:
             model._attach(adata)

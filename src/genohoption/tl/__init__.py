@@ -3,6 +3,7 @@
 from .._conditions import parse_condition
 from ._annotation import annotation_metrics, stratified_split
 from ._baselines import logistic_regression_baseline
+from ._calibration import expected_calibration_error, fit_temperature, unknown_threshold
 from ._in_silico import InSilicoResult, in_silico_perturbation, shift_alignment
 from ._perturbation import perturbation_metrics, perturbation_split, top_de_genes
 from ._perturbation_baselines import (
@@ -24,7 +25,9 @@ __all__ = [
     "NoChangeBaseline",
     "PerturbationBaseline",
     "annotation_metrics",
+    "expected_calibration_error",
     "fit_perturbation_baselines",
+    "fit_temperature",
     "in_silico_perturbation",
     "logistic_regression_baseline",
     "parse_condition",
@@ -37,4 +40,5 @@ __all__ = [
     "stratified_split",
     "subsample_conditions",
     "top_de_genes",
+    "unknown_threshold",
 ]

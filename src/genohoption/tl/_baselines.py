@@ -9,6 +9,7 @@ import pandas as pd
 from scipy import sparse
 
 from .._constants import BASELINE_PREDICTION_KEY
+from .._utils import companion_key
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -103,6 +104,9 @@ def logistic_regression_baseline(
 
     ``query.obs[key_added]``
         The predicted cell types (categorical);
+    ``query.obs[key_added.removesuffix("prediction") + "confidence"]`` (``logreg_confidence``; ``f"{key_added}_confidence"``
+    for a key not ending in ``prediction``)
+        The probability of the predicted type (its uncertainty is ``1 -`` that);
     ``query.uns[key_added]``
         ``{"method", "labels_key", "layer", "C", "max_iter", "n_iter", "converged", "n_genes_shared",
         "n_reference_genes"}``: the fit's parameters (``layer`` is ``"X"`` for ``X``), its iterations,
@@ -162,12 +166,14 @@ def logistic_regression_baseline(
         categories = [str(c) for c in labels.cat.categories if str(c) in set(classes)]
     else:
         categories = classes.tolist()
-    pred = pd.Categorical(clf.predict(X_query), categories=categories)
+    proba = clf.predict_proba(X_query)
+    pred = pd.Categorical(clf.classes_[proba.argmax(1)], categories=categories)
     pred = pd.Series(pred, index=query.obs_names.copy(), name=key_added)
 
     if copy:
         query = query.copy()
     query.obs[key_added] = pred
+    query.obs[companion_key(key_added, "confidence")] = proba.max(1)
     query.uns[key_added] = {
         "method": "sklearn.linear_model.LogisticRegression",
         "labels_key": labels_key,
