@@ -275,7 +275,9 @@ class ScGPTBackbone(nn.Module):
         values: torch.Tensor,
         padding_mask: torch.Tensor,
         graph: BatchGraph | None,
-    ) -> torch.Tensor:
+        *,
+        all_layers: bool = False,
+    ) -> torch.Tensor | list[torch.Tensor]:
         """Encode a batch of token sequences.
 
         Parameters
@@ -289,15 +291,21 @@ class ScGPTBackbone(nn.Module):
         graph
             Induced batch graph (see :func:`~genohoption.nn.induced_batch_graph`); ``None`` only
             for ``attention="dense"``.
+        all_layers
+            Return the input embeddings and every layer's outputs.
 
         Returns
         -------
-        ``(B, L, d_model)`` token embeddings; position 0 is the cell (CLS) embedding.
+        ``(B, L, d_model)`` token embeddings of the last layer; position 0 is the cell (CLS) embedding.
+        With ``all_layers``, a list of ``n_layers + 1`` of them (input embeddings first, last layer last).
         """
         if self.pad_value != 0:
             pad = self.pad_value if self.input_emb_style == "continuous" or self.pad_value >= 0 else 0
             values = values.masked_fill(padding_mask, pad)
         x = self.encoder(self.token_ids(genes, padding_mask)) + self.value_encoder(values)
+        hidden = [x]
         for layer in self.transformer_encoder.layers:
             x = layer(x, graph, padding_mask)
-        return x
+            if all_layers:
+                hidden.append(x)
+        return hidden if all_layers else x
