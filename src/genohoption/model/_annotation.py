@@ -88,6 +88,7 @@ class AnnotationTask(Task):
             backbone_config=params.get("backbone_config"),
             cell_emb=params.get("cell_emb") or config.get("cell_emb", "cls+expr"),
             gene_tokens=params.get("gene_tokens", "expressed"),
+            conventions=params.get("conventions"),
             **backbone_kwargs(params),
         )
         report = load_pretrained_weights(module, checkpoint, genes) if checkpoint is not None else None
@@ -142,9 +143,10 @@ class AnnotationTask(Task):
         """
         module.eval()
         latents, probs = [], []
+        rng = module.inference_random()  # one pass: the same random draws whatever the batch size
         for x in iter_rows(query.X, batch_size, module.device, matrix_name(query.layer)):
-            out = module(x)
-            z, p = out["z"].float(), torch.softmax(out["logits"].float(), -1)
+            out = module(x, rng=rng)
+            z, p = out["latent"].float(), torch.softmax(out["logits"].float(), -1)
             if not (bool(torch.isfinite(z).all()) and bool(torch.isfinite(p).all())):
                 raise _not_finite(module)
             latents.append(z.cpu().numpy())

@@ -21,6 +21,7 @@ from scvi import REGISTRY_KEYS
 from scvi.data.fields import LayerField
 
 from .. import _constants as K
+from ..data import TokenRandom
 from ..module import PretrainingModule
 from ._backed import GenoHoptionDataManager
 from ._query import BackedRows, Query, iter_rows
@@ -65,7 +66,7 @@ class PretrainingTask(Task):
             raise ValueError("Pretraining builds a new scGPT-style backbone: drop backbone= / pretrained=.")
         indptr, indices = graph_tensors(graph, self.n_vars)
         module = PretrainingModule(self.n_vars, indptr, indices, max_seq_len=self.params["max_seq_len"],
-                                   **backbone_kwargs(self.params))
+                                   conventions=self.params.get("conventions"), **backbone_kwargs(self.params))
         return BuiltModule(module)
 
     def training_plan(self, module, adata_manager, **plan_kwargs) -> MaskedExpressionTrainingPlan:
@@ -77,8 +78,9 @@ class PretrainingTask(Task):
         """Cell embeddings ``(n_obs, d_model)`` of the pretrained backbone (no value hidden)."""
         module.eval()
         out = [np.empty((0, module.backbone.d_model), np.float32)]
+        rng = TokenRandom(module.conventions.seed)  # one pass: the same draws whatever the batch size
         for x in iter_rows(query.X, batch_size, module.device):
-            out.append(module(x, mask=False)["z"].float().cpu().numpy())
+            out.append(module(x, mask=False, rng=rng)["latent"].float().cpu().numpy())
         return np.concatenate(out)
 
 
@@ -161,7 +163,7 @@ def pretraining_run(query: Query, base: nn.Module, *, mask_ratio: float) -> tupl
     manager.register_fields(data)
     module = PretrainingModule(
         base.n_genes, base.graph_indptr, base.graph_indices, max_seq_len=base.max_seq_len,
-        mask_ratio=mask_ratio, backbone=base.backbone,
+        mask_ratio=mask_ratio, backbone=base.backbone, conventions=base.conventions,
     ).to(base.device)
     task = PretrainingTask(manager.registry, {"attention": module.attention})
     return TrainingRun(module, manager), task

@@ -5,10 +5,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..data import TokenRandom
 from ..nn import ScGPTBackbone
 from ..nn._backbones import ExprDecoder
 from ._base import TaskModule
-from ._inputs import backbone_graph, backbone_tokens, build_backbone, cell_embedding
+from ._inputs import (
+    Conventions,
+    backbone_graph,
+    backbone_tokens,
+    build_backbone,
+    read_out,
+    resolve_conventions,
+)
 
 MASK_VALUE = -1.0
 """Input value of a masked token (expression values are non-negative, so it cannot be confused)."""
@@ -61,6 +69,10 @@ class PretrainingModule(TaskModule):
     backbone
         An existing :class:`~genohoption.nn.ScGPTBackbone` to pretrain (shared, not copied); ``None``
         builds one from ``backbone_kwargs``.
+    conventions
+        Input and read-out conventions (see :class:`~genohoption.module.Conventions`; an annotation
+        module's, when its backbone is pretrained); ``None``: those of an scGPT-style model trained from
+        scratch.
     **backbone_kwargs
         Sizes, dropout and attention arguments of a new backbone.
 
@@ -79,9 +91,13 @@ class PretrainingModule(TaskModule):
         max_seq_len: int | None = None,
         mask_ratio: float = 0.4,
         backbone: nn.Module | None = None,
+        conventions: dict | Conventions | None = None,
         **backbone_kwargs,
     ):
         super().__init__(graph_indptr, graph_indices)
+        if isinstance(conventions, Conventions):
+            conventions = conventions.to_dict()
+        self.conventions = Conventions(**resolve_conventions("scgpt", None, conventions))
         if not 0.0 < float(mask_ratio) < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio!r}.")
         self.n_genes = n_genes
@@ -107,7 +123,7 @@ class PretrainingModule(TaskModule):
         rank = score.argsort(1).argsort(1)
         return (rank < n_mask) & is_gene
 
-    def forward(self, x: torch.Tensor, *, mask: bool = True) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, *, mask: bool = True, rng: TokenRandom | None = None) -> dict[str, torch.Tensor]:
         """Encode a minibatch with part of the values hidden and predict them.
 
         Parameters
@@ -116,26 +132,31 @@ class PretrainingModule(TaskModule):
             ``(B, n_genes)`` expression.
         mask
             Hide values (training); ``False`` encodes the cells as they are (embeddings).
+        rng
+            Random streams of an inference pass (:class:`~genohoption.data.TokenRandom`); ``None``: new ones
+            seeded with ``conventions.seed``.
 
         Returns
         -------
-        ``"z"`` ``(B, d_model)`` cell embeddings; ``"pred"``, ``"pred_cell"`` ``(B, L)`` values predicted
+        ``"z"`` ``(B, d_model)`` cell embeddings; ``"latent"`` the same as read out by the conventions
+        (``emb_layer``, ``emb_norm``); ``"pred"``, ``"pred_cell"`` ``(B, L)`` values predicted
         from the tokens and from the cell embedding; ``"target"`` ``(B, L)`` true values; ``"masked"``
         ``(B, L)`` bool.
         """
         x = x.float()
         bb = self.backbone
-        tokens = backbone_tokens(bb, x, self.max_seq_len, sample=self.training)
+        tokens = backbone_tokens(bb, x, self.max_seq_len, sample=self.training, conventions=self.conventions, rng=rng)
         masked = self._mask(tokens) if mask else torch.zeros_like(tokens.padding_mask)
         values = tokens.values.masked_fill(masked, MASK_VALUE)
         graph = None
         if self.attention != "dense":
             graph = backbone_graph(bb, tokens, self.graph_indptr, self.graph_indices)
-        h = bb(tokens.genes, values, tokens.padding_mask, graph)
-        z = cell_embedding(bb, h, tokens)
+        hidden = bb(tokens.genes, values, tokens.padding_mask, graph, all_layers=True)
+        h = hidden[-1]
+        z, latent = read_out(bb, hidden, tokens, self.conventions)
         gene_embs = bb.encoder(bb.token_ids(tokens.genes, tokens.padding_mask))
         return {"z": z, "pred": self.decoder(h), "pred_cell": self.mvc_decoder(z, gene_embs),
-                "target": tokens.values, "masked": masked}
+                "target": tokens.values, "masked": masked, "latent": latent}
 
     def loss(self, outputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean squared errors on the masked tokens: total, from the tokens (GEP), from the cell (GEPC)."""
