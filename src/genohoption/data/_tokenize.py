@@ -149,15 +149,22 @@ class TokenRandom:
     ----------
     seed
         Seed of both streams.
+
+    Attributes
+    ----------
+    numpy_state
+        The NumPy stream (tie-breaking uniforms).
+    generator
+        The torch stream (gene subsets).
     """
 
     seed: int
-    numpy: np.random.RandomState = field(init=False, repr=False)
-    torch: torch.Generator = field(init=False, repr=False)
+    numpy_state: np.random.RandomState = field(init=False, repr=False)
+    generator: torch.Generator = field(init=False, repr=False)
 
     def __post_init__(self):
-        self.numpy = np.random.RandomState(int(self.seed))
-        self.torch = torch.Generator().manual_seed(int(self.seed))
+        self.numpy_state = np.random.RandomState(int(self.seed))
+        self.generator = torch.Generator().manual_seed(int(self.seed))
 
     def uniform_at(self, mask: torch.Tensor) -> torch.Tensor:
         """Return ``(B, n_vars)`` float64 uniforms in ``[0, 1)`` at the ``True`` entries of ``mask``, 0 elsewhere.
@@ -166,7 +173,7 @@ class TokenRandom:
         """
         flat = mask.detach().cpu().reshape(-1)
         out = torch.zeros(flat.shape, dtype=torch.float64)
-        out[flat] = torch.from_numpy(self.numpy.random_sample(int(flat.sum())))
+        out[flat] = torch.from_numpy(self.numpy_state.random_sample(int(flat.sum())))
         return out.reshape(mask.shape).to(mask.device)
 
     def subset_score(self, keep: torch.Tensor, n_slots: int) -> torch.Tensor:
@@ -179,7 +186,7 @@ class TokenRandom:
         out = keep_cpu.to(torch.float32)
         for i in torch.nonzero(keep_cpu.sum(1) > n_slots).flatten().tolist():
             idx = torch.nonzero(keep_cpu[i]).flatten()
-            chosen = idx[torch.randperm(idx.numel(), generator=self.torch)[:n_slots]]
+            chosen = idx[torch.randperm(idx.numel(), generator=self.generator)[:n_slots]]
             out[i] = 0.0
             out[i, chosen] = 1.0
         return out.to(keep.device)

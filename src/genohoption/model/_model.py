@@ -148,9 +148,8 @@ class GenoHoptionModel(BaseModelClass):
         ``<cls>`` value = ``pad_value``, ties binned at random, random gene subset above ``max_seq_len``,
         ``<cls>`` embedding L2-normalised; Geneformer: second-to-last layer, mean of the gene tokens for
         V1, ``<cls>`` for V2); from scratch, those measured best (``benchmarks/README.md``, section
-        "Conventions"); ``seed``
-        defaults to ``scvi.settings.seed``. The complete set is saved with the model
-        (``model.params["conventions"]``).
+        "Conventions"); ``seed`` defaults to ``scvi.settings.seed``. The complete set is saved with the
+        model (``model.params["conventions"]``).
     loss
         Perturbation models only: ``"mse"`` (scGPT, default) or ``"gears"`` (GEARS autofocus +
         direction loss); see :class:`~genohoption.module.PerturbationModule`.
