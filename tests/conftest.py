@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 # 2 CI cores: one torch thread avoids oversubscription (small steps ran ~35x slower with 2 under load)
 torch.set_num_threads(1)
@@ -38,69 +36,116 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-# ------------------------------------------------------------------ BERT reference (Geneformer tests)
-_BERT_ACT = {"relu": F.relu, "gelu": F.gelu}
+# ------------------------------------------------------------------ the originals' code (reference models)
+REFERENCE_HINT = (
+    "README's second set-up command installs them: .venv/bin/pip install -e '.[test]' (transformers) and "
+    ".venv/bin/pip install --no-deps scgpt==0.2.4"
+)
 
 
-def random_bert_state(vocab, hidden, heads, layers, inter, max_pos, seed=0, prefix="bert."):
-    """A random state dict with Hugging Face BertForMaskedLM key names (as Geneformer checkpoints)."""
+def _perturb(module: torch.nn.Module, seed: int, scale: float = 0.1) -> None:
+    """Add noise to every parameter (LayerNorm affine parameters too), so that no weight is trivial."""
     g = torch.Generator().manual_seed(seed)
-
-    def r(*shape, scale=0.2):
-        return torch.randn(*shape, generator=g) * scale
-
-    sd = {
-        f"{prefix}embeddings.word_embeddings.weight": r(vocab, hidden, scale=1.0),
-        f"{prefix}embeddings.position_embeddings.weight": r(max_pos, hidden),
-        f"{prefix}embeddings.token_type_embeddings.weight": r(2, hidden),
-        f"{prefix}embeddings.LayerNorm.weight": 1 + r(hidden, scale=0.1),
-        f"{prefix}embeddings.LayerNorm.bias": r(hidden, scale=0.1),
-        f"{prefix}embeddings.position_ids": torch.arange(max_pos)[None],
-    }
-    for i in range(layers):
-        p = f"{prefix}encoder.layer.{i}."
-        for name, (o, n) in {
-            "attention.self.query": (hidden, hidden), "attention.self.key": (hidden, hidden),
-            "attention.self.value": (hidden, hidden), "attention.output.dense": (hidden, hidden),
-            "intermediate.dense": (inter, hidden), "output.dense": (hidden, inter),
-        }.items():
-            sd[p + name + ".weight"] = r(o, n, scale=1 / math.sqrt(n))
-            sd[p + name + ".bias"] = r(o, scale=0.05)
-        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
-            sd[p + name + ".weight"] = 1 + r(hidden, scale=0.1)
-            sd[p + name + ".bias"] = r(hidden, scale=0.1)
-    sd["cls.predictions.bias"] = torch.zeros(vocab)  # MLM head, unused by the backbone
-    return sd
-
-
-def bert_reference(sd, ids, pad, *, heads, act="relu", eps=1e-12, prefix="bert."):
-    """BERT encoder (Devlin et al. 2019; HF modeling_bert) in plain torch: post-LN, absolute positions."""
-    W = {k.removeprefix(prefix): v for k, v in sd.items()}
-    b, n = ids.shape
-    x = W["embeddings.word_embeddings.weight"][ids] + W["embeddings.position_embeddings.weight"][:n][None]
-    x = x + W["embeddings.token_type_embeddings.weight"][0]
-    x = F.layer_norm(x, x.shape[-1:], W["embeddings.LayerNorm.weight"], W["embeddings.LayerNorm.bias"], eps)
-    hidden = x.shape[-1]
-    d = hidden // heads
-    i = 0
-    while f"encoder.layer.{i}.attention.self.query.weight" in W:
-        p = f"encoder.layer.{i}."
-
-        def lin(name, h, p=p):
-            return h @ W[p + name + ".weight"].T + W[p + name + ".bias"]
-
-        q, k, v = (lin(f"attention.self.{m}", x).view(b, n, heads, d).transpose(1, 2) for m in ("query", "key", "value"))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(d) + torch.where(pad, -1e30, 0.0)[:, None, None, :]
-        ctx = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, hidden)
-        h = F.layer_norm(lin("attention.output.dense", ctx) + x, (hidden,), W[p + "attention.output.LayerNorm.weight"],
-                         W[p + "attention.output.LayerNorm.bias"], eps)
-        y = lin("output.dense", _BERT_ACT[act](lin("intermediate.dense", h)))
-        x = F.layer_norm(y + h, (hidden,), W[p + "output.LayerNorm.weight"], W[p + "output.LayerNorm.bias"], eps)
-        i += 1
-    return x
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
 @pytest.fixture(scope="session")
 def bert() -> SimpleNamespace:
-    """The BERT reference above (random state dict, plain-torch forward), for tests/nn and tests/model."""
-    return SimpleNamespace(random_state=random_bert_state, reference=bert_reference)
+    """Hugging Face ``transformers``' BERT (the model class of Geneformer checkpoints), small and random.
+
+    ``bert.masked_lm(vocab, hidden, heads, layers, inter, max_pos, act, seed)`` returns a
+    ``BertForMaskedLM`` in evaluation mode; ``bert.state(model)`` its state dict as Geneformer's
+    ``pytorch_model.bin`` holds it (``bert.`` keys and the MLM head ``cls.predictions.*``, the decoder tied
+    to the word embeddings).
+    """
+    try:
+        import transformers
+    except ImportError as e:  # the test extra installs it
+        raise ImportError(f"the BERT reference tests need transformers: {REFERENCE_HINT}") from e
+
+    def masked_lm(vocab, hidden, heads, layers, inter, max_pos, act="relu", seed=0):
+        config = transformers.BertConfig(
+            vocab_size=vocab, hidden_size=hidden, num_attention_heads=heads, num_hidden_layers=layers,
+            intermediate_size=inter, max_position_embeddings=max_pos, hidden_act=act, pad_token_id=0,
+            type_vocab_size=2, layer_norm_eps=1e-12, hidden_dropout_prob=0.02, attention_probs_dropout_prob=0.02,
+        )
+        torch.manual_seed(seed)
+        model = transformers.BertForMaskedLM(config)
+        _perturb(model, seed)
+        return model.eval()
+
+    def state(model):
+        return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+
+    return SimpleNamespace(masked_lm=masked_lm, state=state, transformers=transformers)
+
+
+def _load_scgpt_code() -> SimpleNamespace:
+    """scGPT 0.2.4's own modules, loaded from the installed wheel without running its package ``__init__``.
+
+    The wheel is installed without its dependencies (torchtext and others that pin old torch versions), so
+    ``import scgpt`` cannot run. Its package namespace is made here (``scgpt.logger`` as its ``__init__``
+    defines it) and the files needed are executed as they are: ``model/model.py`` (imports torch, numpy, tqdm
+    and its siblings ``dsbn.py`` and ``grad_reverse.py``), ``preprocess.py`` (``binning``, ``_digitize``),
+    ``data_collator.py``, ``utils/util.py`` (``load_pretrained``) and ``tasks/cell_emb.py``
+    (``get_batch_cell_embeddings``). Names that only ``embed_data`` uses and that need torchtext
+    (``scgpt.tokenizer.GeneVocab``) are left as ``None``; so is IPython's ``get_ipython`` when IPython is
+    not installed (``util.py`` imports it at the top, no function used here calls it).
+    """
+    import importlib.util
+    import logging
+    import sys
+    import types
+    import warnings
+
+    spec = importlib.util.find_spec("scgpt")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"the scGPT reference tests need the scgpt 0.2.4 wheel: {REFERENCE_HINT}")
+    root = Path(next(iter(spec.submodule_search_locations)))
+
+    def package(name, folder):
+        mod = types.ModuleType(name)
+        mod.__path__ = [str(folder)]
+        mod.__package__ = name
+        sys.modules[name] = mod
+        return mod
+
+    def load(name, path):
+        mod_spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(mod_spec)
+        sys.modules[name] = mod
+        mod_spec.loader.exec_module(mod)
+        return mod
+
+    if "IPython" not in sys.modules and importlib.util.find_spec("IPython") is None:
+        sys.modules["IPython"] = types.SimpleNamespace(get_ipython=lambda: None)
+    top = package("scgpt", root)
+    top.logger = logging.getLogger("scGPT")
+    model_pkg = package("scgpt.model", root / "model")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="flash_attn is not installed", category=UserWarning)
+        model = load("scgpt.model.model", root / "model" / "model.py")
+    model_pkg.TransformerModel = model.TransformerModel
+    preprocess = load("scgpt.preprocess", root / "preprocess.py")
+    collator = load("scgpt.data_collator", root / "data_collator.py")
+    utils = package("scgpt.utils", root / "utils")
+    util = load("scgpt.utils.util", root / "utils" / "util.py")
+    utils.load_pretrained = util.load_pretrained
+    tokenizer = types.ModuleType("scgpt.tokenizer")
+    tokenizer.GeneVocab = None  # embed_data only (torchtext)
+    sys.modules["scgpt.tokenizer"] = tokenizer
+    package("scgpt.tasks", root / "tasks")
+    cell_emb = load("scgpt.tasks.cell_emb", root / "tasks" / "cell_emb.py")
+    return SimpleNamespace(TransformerModel=model.TransformerModel, binning=preprocess.binning,
+                           DataCollator=collator.DataCollator, load_pretrained=util.load_pretrained,
+                           get_batch_cell_embeddings=cell_emb.get_batch_cell_embeddings, cell_emb=cell_emb,
+                           root=root)
+
+
+@pytest.fixture(scope="session")
+def scgpt() -> SimpleNamespace:
+    """scGPT 0.2.4's own code (``TransformerModel``, ``binning``, ``DataCollator``, ``load_pretrained``,
+    ``get_batch_cell_embeddings``), from the wheel installed without dependencies (see ``_load_scgpt_code``)."""
+    return _load_scgpt_code()

@@ -43,3 +43,29 @@ def test_tokenize_force_keeps_unexpressed_genes():
 def test_tokenize_rejects_short_max_seq_len():
     with pytest.raises(ValueError, match="max_seq_len"):
         tokenize(torch.ones(2, 3), max_seq_len=1)
+
+
+def test_token_random_streams_are_scgpts_draws():
+    """TokenRandom draws what scGPT draws from NumPy's and torch's global generators, cell after cell."""
+    import numpy as np
+
+    from genohoption.data import TokenRandom
+
+    mask = torch.tensor([[True, False, True, True], [False, False, False, False], [True, True, False, True]])
+    u = TokenRandom(3).uniform_at(mask)
+    np.random.seed(3)
+    expected = [np.random.rand(3), np.random.rand(0), np.random.rand(3)]  # scGPT's _digitize, one cell at a time
+    assert u[0, mask[0]].tolist() == expected[0].tolist() and u[2, mask[2]].tolist() == expected[2].tolist()
+    assert (u[~mask] == 0).all()
+    keep = torch.zeros(3, 12, dtype=torch.bool)
+    keep[0, :9], keep[1, :3], keep[2, 2:12] = True, True, True
+    rng = TokenRandom(8)
+    score = rng.subset_score(keep, 4)
+    torch.manual_seed(8)
+    first = torch.nonzero(keep[0]).flatten()[torch.randperm(9)[:4]]  # scGPT's DataCollator._sample
+    third = torch.nonzero(keep[2]).flatten()[torch.randperm(10)[:4]]
+    assert set(torch.nonzero(score[0]).flatten().tolist()) == set(first.tolist())
+    assert score[1].tolist() == keep[1].float().tolist()  # short enough: every gene stays
+    assert set(torch.nonzero(score[2]).flatten().tolist()) == set(third.tolist())
+    tok = tokenize(keep.float(), 5, score=score)
+    assert sorted(tok.genes[0, 1:].tolist()) == sorted(first.tolist())

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import scvi
 
 import genohoption as gh
 
@@ -310,3 +311,16 @@ def test_mudata_rna_modality_is_accepted(trained):
         model.predict(mudata.MuData({"atac": query.copy()}))
     with pytest.raises(TypeError, match="AnnData"):
         model.predict(query.X)
+
+
+def test_model_builds_when_no_seed_was_set(pbmc, monkeypatch, tmp_path):
+    """scvi-tools leaves ``scvi.settings.seed`` at None until a user sets it: the conventions' seed is then 0,
+    and the model saves and loads."""
+    monkeypatch.setattr(scvi.settings, "_seed", None, raising=False)
+    assert scvi.settings.seed is None
+    ref = pbmc[:60].copy()
+    gh.GenoHoptionModel.setup_anndata(ref, labels_key="bulk_labels")
+    model = gh.GenoHoptionModel(ref, **SMALL)
+    assert model.module.conventions.seed == 0 and model.init_params_["non_kwargs"]["conventions"]["seed"] == 0
+    model.save(tmp_path / "m", save_anndata=True)
+    assert gh.GenoHoptionModel.load(tmp_path / "m").module.conventions.seed == 0

@@ -22,10 +22,14 @@ def rank_value_encode(
     """Rank each cell's genes by median-scaled expression (Geneformer's rank-value encoding).
 
     ``v = x / total_counts × target_sum / gene_medians``; the genes with ``v > 0`` and a known median
-    are ordered by decreasing ``v`` (ties by gene index) and the first ones kept, as Geneformer's
-    ``TranscriptomeTokenizer`` (Theodoris et al., Nature 2023): ``max_len`` genes for V1 (2,048);
-    V2 (4,096) adds ``<cls>`` in front and ``<eos>`` after the last gene, leaving ``max_len - 2`` for
-    genes. One :func:`torch.sort` per batch.
+    are ordered by decreasing ``v`` and the first ones kept, as Geneformer's ``TranscriptomeTokenizer``
+    (Theodoris et al., Nature 2023; ``rank_genes`` and ``format_cell_features`` of its ``tokenizer.py``):
+    ``max_len`` genes for V1 (2,048); V2 (4,096) adds ``<cls>`` in front and ``<eos>`` after the last
+    gene, leaving ``max_len - 2`` for genes. ``v`` is computed as Geneformer computes it from float32
+    counts and ``n_counts`` (``x / n_counts * target_sum`` in float32, then divided by the float64 median),
+    so that the order is Geneformer's bit for bit; genes with exactly equal ``v`` are ordered by gene
+    index (Geneformer's ``numpy.argsort`` leaves their order unspecified). One :func:`torch.sort` per
+    batch.
 
     Parameters
     ----------
@@ -39,7 +43,8 @@ def rank_value_encode(
         Model input size including special tokens (Geneformer V1: 2,048; V2: 4,096).
     total_counts
         ``(B,)`` total counts per cell (Geneformer's ``n_counts``, over all genes measured);
-        defaults to ``x.sum(1)``.
+        defaults to ``x.sum(1)`` (exact in float32 for integer counts below 2**24). It scales every gene
+        of a cell alike, so it changes the order only through rounding.
     target_sum
         Counts per cell after normalisation (Geneformer: 10,000).
     cls_token, eos_token
@@ -64,12 +69,14 @@ def rank_value_encode(
     n_special = int(cls_token) + int(eos_token)
     if max_len - n_special < 1:
         raise ValueError(f"max_len={max_len} leaves no room for a gene after {n_special} special token(s).")
+    # Geneformer's arithmetic on float32 counts and n_counts: x / n_counts * target_sum in float32, then the
+    # division by the (float64) median in float64
     xf = x.float()
     total = xf.sum(1) if total_counts is None else total_counts.to(xf)
-    med = gene_medians.to(device=x.device, dtype=torch.float32)
+    med = gene_medians.to(device=x.device, dtype=torch.float64)
     known = torch.isfinite(med) & (med > 0)
-    scale = torch.where(known, 1.0 / torch.where(known, med, torch.ones_like(med)), torch.zeros_like(med))
-    v = xf / total.clamp_min(1e-12).unsqueeze(1) * target_sum * scale
+    scaled = xf / total.clamp_min(1e-12).unsqueeze(1) * target_sum
+    v = scaled.double() / torch.where(known, med, torch.ones_like(med))
     keep = (xf > 0) & known
     n_slots = max(1, min(max_len - n_special, int(keep.sum(1).max()) if n_cells else 1, n_vars))
     score = torch.where(keep, v, torch.full_like(v, float("-inf")))
@@ -77,7 +84,7 @@ def rank_value_encode(
     top, idx = top[:, :n_slots], idx[:, :n_slots]
     valid = top > float("-inf")
     genes = torch.where(valid, idx, torch.full_like(idx, PAD))
-    values = torch.where(valid, top, torch.zeros_like(top))
+    values = torch.where(valid, top, torch.zeros_like(top)).float()
     pad = ~valid
     if eos_token:
         # <eos> right after the last gene: append one slot and write it at position n_genes(cell)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 PAD = -1
@@ -45,6 +46,7 @@ def tokenize(
     include_zero: bool = False,
     candidates: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    score: torch.Tensor | None = None,
 ) -> Tokens:
     """Select each cell's expressed genes as a token sequence.
 
@@ -78,6 +80,9 @@ def tokenize(
         of a pretrained vocabulary), expressed or not; forced genes are kept regardless.
     generator
         Random generator for ``sample=True``.
+    score
+        Optional ``(B, n_vars)`` selection score that replaces the two rules above: the genes with the
+        highest score are kept (e.g. :meth:`TokenRandom.subset_score`, scGPT's random subset).
 
     Returns
     -------
@@ -101,7 +106,9 @@ def tokenize(
     n_gene_slots = n_vars if max_seq_len is None else min(max_seq_len - int(cls_token), n_vars)
     n_keep = int(keep.sum(1).max()) if n_cells else 0
     n_gene_slots = max(min(n_gene_slots, n_keep), 1)
-    if sample:
+    if score is not None:
+        score = score.to(device=x.device, dtype=torch.float32).clone()
+    elif sample:
         score = torch.rand(x.shape, generator=generator, device=x.device)
     else:
         score = x.float().clone()
@@ -123,3 +130,63 @@ def tokenize(
         values = torch.cat([torch.zeros_like(values[:, :1]), values], 1)
         pad = torch.cat([torch.zeros_like(pad[:, :1]), pad], 1)
     return Tokens(genes=genes, values=values.to(x.dtype), padding_mask=pad)
+
+
+@dataclass
+class TokenRandom:
+    """Random draws of the scGPT tokenization at inference, reproducible from one seed, in scGPT's order.
+
+    scGPT's embedding pipeline (``scgpt.tasks.get_batch_cell_embeddings`` with its ``DataCollator``)
+    draws, cell after cell: the tie-breaking uniforms of ``scgpt.preprocess._digitize`` from NumPy's
+    global generator (one per expressed gene of the vocabulary, in gene order), and, for a cell with more
+    genes than fit, its random subset with :func:`torch.randperm` from torch's global generator. This
+    object holds the same two streams, seeded with ``seed``: a :class:`numpy.random.RandomState` and a
+    CPU :class:`torch.Generator`; used for one pass over the cells in order, it gives what scGPT gives
+    after ``numpy.random.seed(seed)`` / ``torch.manual_seed(seed)`` in one process (no data-loader
+    workers), whatever the minibatch size.
+
+    Parameters
+    ----------
+    seed
+        Seed of both streams.
+
+    Attributes
+    ----------
+    numpy_state
+        The NumPy stream (tie-breaking uniforms).
+    generator
+        The torch stream (gene subsets).
+    """
+
+    seed: int
+    numpy_state: np.random.RandomState = field(init=False, repr=False)
+    generator: torch.Generator = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.numpy_state = np.random.RandomState(int(self.seed))
+        self.generator = torch.Generator().manual_seed(int(self.seed))
+
+    def uniform_at(self, mask: torch.Tensor) -> torch.Tensor:
+        """Return ``(B, n_vars)`` float64 uniforms in ``[0, 1)`` at the ``True`` entries of ``mask``, 0 elsewhere.
+
+        One draw per entry, row after row, in column order (as scGPT bins cell after cell).
+        """
+        flat = mask.detach().cpu().reshape(-1)
+        out = torch.zeros(flat.shape, dtype=torch.float64)
+        out[flat] = torch.from_numpy(self.numpy_state.random_sample(int(flat.sum())))
+        return out.reshape(mask.shape).to(mask.device)
+
+    def subset_score(self, keep: torch.Tensor, n_slots: int) -> torch.Tensor:
+        """``(B, n_vars)`` selection score: 1 for the genes a cell keeps, 0 for the others.
+
+        A cell with at most ``n_slots`` candidate genes (``keep``) keeps them all; a cell with more keeps
+        ``randperm(n)[:n_slots]`` of its ``n`` candidates in gene order (scGPT's ``DataCollator._sample``).
+        """
+        keep_cpu = keep.detach().cpu()
+        out = keep_cpu.to(torch.float32)
+        for i in torch.nonzero(keep_cpu.sum(1) > n_slots).flatten().tolist():
+            idx = torch.nonzero(keep_cpu[i]).flatten()
+            chosen = idx[torch.randperm(idx.numel(), generator=self.generator)[:n_slots]]
+            out[i] = 0.0
+            out[i, chosen] = 1.0
+        return out.to(keep.device)

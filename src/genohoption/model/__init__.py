@@ -1,6 +1,7 @@
 """User-facing models."""
 
 from ._callbacks import PreciseBatchNorm
+from ._export import export_pretrained
 from ._model import GenoHoptionModel
 from ._pretrained import (
     CheckpointError,
@@ -32,6 +33,7 @@ __all__ = [
     "RegressionTrainingPlan",
     "RestoreBestWeights",
     "TrainingCheckpoint",
+    "export_pretrained",
     "load_pretrained_weights",
     "map_genes",
     "read_pretrained",

@@ -95,6 +95,7 @@ class AnnotationTask(Task):
             n_batches=n_batches(self.registry),
             batch_representation=params.get("batch_representation"),
             batch_adversarial=params.get("batch_adversarial", 0.0),
+            conventions=params.get("conventions"),
             **backbone_kwargs(params),
         )
         report = load_pretrained_weights(module, checkpoint, genes) if checkpoint is not None else None
@@ -149,10 +150,11 @@ class AnnotationTask(Task):
         """
         module.eval()
         rows = RowOutputs(query.X.shape[0])  # filled in place: memory flat in the number of cells
+        rng = module.inference_random()  # one pass: the same random draws whatever the batch size
         with adapted_batch_norms(module, query, batch_size, lambda x, b: module(x, batch_index=b)):
             for x, b in iter_query(query, batch_size, module.device, matrix_name(query.layer)):
-                out = module(x, batch_index=b)
-                z, s = out["z"].float(), out["logits"].float()
+                out = module(x, batch_index=b, rng=rng)
+                z, s = out["latent"].float(), out["logits"].float()
                 if not (bool(torch.isfinite(z).all()) and bool(torch.isfinite(s).all())):
                     raise _not_finite(module)
                 rows.add(z, s)

@@ -14,6 +14,7 @@ import pandas as pd
 import rich
 import rich.console
 import rich.pretty  # scvi-tools' printing of setup arguments uses it without importing it
+import scvi
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.model._utils import parse_device_args
@@ -22,6 +23,7 @@ from scvi.model.base import BaseModelClass
 from .. import _constants as K
 from .._validate import as_anndata, check_csr_structure, check_graph, value_scale
 from ..module._annotation import CELL_EMBEDDINGS, GENE_TOKENS
+from ..module._inputs import resolve_conventions
 from ..nn._heads import INPUT_NORMS
 from ._annotation import AnnotationTask
 from ._backed import GenoHoptionDataManager
@@ -77,8 +79,11 @@ class GenoHoptionModel(BaseModelClass):
         modality was registered).
     backbone
         ``"scgpt"`` (gene embedding + value encoder, CLS embedding) or ``"geneformer"`` (BERT on
-        rank-value encoded genes, mean-pooled embedding; expects raw counts). Perturbation models use
-        ``"scgpt"``.
+        rank-value encoded genes; expects raw counts). Perturbation models use ``"scgpt"``: they read a
+        value on every gene's token and predict one for every gene, while Geneformer's input is only the
+        rank order of the genes a cell expresses (no value, no token for an unexpressed or unmeasured gene,
+        positions tied to ranks); Geneformer's own in silico perturbation deletes or moves a gene's token
+        and measures the shift of the embedding, it predicts no expression.
     attention
         ``"ppr"`` (GenoHoption-p), ``"heat"`` (GenoHoption-h), ``"mask"`` (one hop of masked attention,
         the paper's "w/o iter" ablation) or ``"dense"`` (ordinary full attention, the baseline).
@@ -137,6 +142,16 @@ class GenoHoptionModel(BaseModelClass):
     backbone_config
         Architecture of a pretrained backbone; set by ``pretrained`` and restored by :meth:`load`, not
         meant to be given by hand.
+    conventions
+        Annotation and pretraining models: how cells become tokens and how the cell embedding is read out,
+        a dict of any of ``cls_value``, ``n_bins``, ``bin_ties``, ``sampling`` (scGPT backbone),
+        ``emb_layer``, ``emb_mode``, ``emb_norm`` and ``seed`` (see :class:`~genohoption.module.Conventions`).
+        Those not given take their defaults: with an official checkpoint, its original pipeline's (scGPT:
+        ``<cls>`` value = ``pad_value``, ties binned at random, random gene subset above ``max_seq_len``,
+        ``<cls>`` embedding L2-normalised; Geneformer: second-to-last layer, mean of the gene tokens for
+        V1, ``<cls>`` for V2); from scratch, those measured best (``benchmarks/README.md``, section
+        "Conventions"); ``seed`` defaults to ``scvi.settings.seed``. The complete set is saved with the
+        model (``model.params["conventions"]``).
     loss
         Perturbation models only: ``"mse"`` (scGPT, default) or ``"gears"`` (GEARS autofocus +
         direction loss); see :class:`~genohoption.module.PerturbationModule`.
@@ -233,6 +248,7 @@ class GenoHoptionModel(BaseModelClass):
         pretrained: str | os.PathLike | None = None,
         gene_symbols: str | None = None,
         backbone_config: dict | None = None,
+        conventions: dict | None = None,
         loss: Literal["mse", "gears"] = "mse",
         batch_representation: Literal["token", "dsbn", "token+dsbn"] | None = "token+dsbn",
         batch_adversarial: float = 0.0,
@@ -263,6 +279,7 @@ class GenoHoptionModel(BaseModelClass):
                            self.registry_)
         task = task_class(self.registry_["setup_args"])
         backbone_config = task.backbone_config(backbone_config, checkpoint, self.registry_)
+        conventions = resolve_conventions(backbone, backbone_config, conventions, seed=scvi.settings.seed)
         self.init_params_ = self._get_init_params(locals())  # read once, never changed afterwards
         self._task = task(self.registry_, self.params)
         graph = None
@@ -642,7 +659,13 @@ class GenoHoptionModel(BaseModelClass):
 
     # ------------------------------------------------------------------ inference
     def get_latent_representation(self, adata: AnnData | None = None, *, batch_size: int = 128) -> np.ndarray:
-        """Cell embeddings: the CLS token's output of the last layer (Geneformer: mean of gene tokens).
+        """Cell embeddings, read out as the ``conventions`` say (for a loaded checkpoint, its original's).
+
+        scGPT-style: the ``<cls>`` output of the last layer, L2-normalised with an official checkpoint
+        (scGPT's ``get_batch_cell_embeddings``). Geneformer: the mean of the gene tokens' outputs (V1) or
+        the ``<cls>`` output (V2) of the second-to-last layer with an official checkpoint (Geneformer's
+        ``EmbExtractor`` defaults), of the last layer from scratch. With ``cell_emb="cls+expr"`` the
+        projection of the expression follows.
 
         Parameters
         ----------
@@ -656,9 +679,9 @@ class GenoHoptionModel(BaseModelClass):
 
         Returns
         -------
-        ``(n_obs, d_model)`` float32 array (annotation models with ``cell_emb="cls+expr"``: ``2 * d_model``;
-        with a domain-specific normalisation of the classifier's input, the normalised embedding); store it as ``adata.obsm["X_genohoption"]`` and use it with
-        ``sc.pp.neighbors(adata, use_rep="X_genohoption")``.
+        ``(n_obs, d)`` float32 array (``d = d_model``, twice that with ``cell_emb="cls+expr"``; with a
+        domain-specific normalisation of the classifier's input, the normalised embedding); store it as
+        ``adata.obsm["X_genohoption"]`` and use it with ``sc.pp.neighbors(adata, use_rep="X_genohoption")``.
 
         Raises
         ------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import warnings
@@ -254,18 +253,7 @@ def _load_pretrained(module: PerturbationModule, checkpoint, genes, universe: Ge
     The unmeasured genes of the universe that are in the checkpoint's vocabulary take its gene embedding
     (see :class:`~genohoption.module.PerturbationModule`).
     """
-    state = checkpoint.state_dict
-    heads = {k: v for k, v in state.items() if k.startswith(HEAD_PREFIXES)}
-    rest = dataclasses.replace(checkpoint, state_dict={k: v for k, v in state.items() if k not in heads})
-    report = load_pretrained_weights(module, rest, genes)
-    target = module.state_dict()
-    fit = {k: v.to(target[k].dtype) for k, v in heads.items() if k in target and v.shape == target[k].shape}
-    module.load_state_dict(fit, strict=False)
-    report.matched = sorted([*report.matched, *fit])
-    report.shape_mismatches += [(k, tuple(v.shape), tuple(target[k].shape)) for k, v in heads.items()
-                                if k in target and k not in fit]
-    report.unexpected = sorted([*report.unexpected, *(k for k in heads if k not in target)])
-    report.missing = sorted([*report.missing, *(k for k in target if k.startswith(HEAD_PREFIXES) and k not in fit)])
+    report = load_pretrained_weights(module, checkpoint, genes, heads=HEAD_PREFIXES)
     vocab = {k: v for k, v in checkpoint.vocab.items() if not k.startswith("<")}
     upper = {k.upper(): v for k, v in vocab.items()}
     tokens = [vocab.get(g, upper.get(g.upper(), -1)) for g in universe.extra]

@@ -62,7 +62,7 @@ _ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}")
 
 # checkpoint keys that are known parts of the official models but not of the annotation backbone
 _SCGPT_UNUSED = ("decoder.", "mvc_decoder.", "grad_reverse_discriminator.", "batch_encoder.", "sim.",
-                 "creterion_cce.")
+                 "creterion_cce.", "flag_encoder.", "pert_encoder.", "cls_decoder.")
 _SCGPT_BACKBONE = ("encoder.", "value_encoder.", "transformer_encoder.", "dsbn.", "bn.")
 _BERT_UNUSED = ("cls.", "pooler.", "classifier.", "embeddings.position_ids")
 _BERT_BACKBONE = ("embeddings.", "encoder.")
@@ -287,6 +287,7 @@ def _read_genohoption(root: Path) -> PretrainedCheckpoint:
         "n_input_bins": int(value_bins.shape[0]) if value_bins is not None else None,
         "pad_value": float(config.get("pad_value", 0.0)), "n_bins": config.get("n_bins"),
         "n_cls_layers": int(config.get("n_cls_layers", params.get("n_cls_layers", 3))), "source": str(root),
+        "format": "genohoption", "conventions": params.get("conventions"),
     }
     return PretrainedCheckpoint("scgpt", root, {"format": "genohoption", **params}, backbone, vocab,
                                 backbone_config=backbone_config)
@@ -347,7 +348,7 @@ class GeneMapping:
     gene_to_token
         ``(n_vars,)`` int64 token id per gene, ``-1`` where unmatched (dropped from the sequences).
     gene_medians
-        ``(n_vars,)`` float32 Geneformer medians (``NaN`` where unmatched); ``None`` for scGPT.
+        ``(n_vars,)`` float64 Geneformer medians (``NaN`` where unmatched); ``None`` for scGPT.
     n_matched, n_genes
         Genes found / genes in the data.
     id_type
@@ -419,7 +420,7 @@ def map_genes(identifiers: Sequence[str], checkpoint: PretrainedCheckpoint, *, s
         tok, med = checkpoint.vocab, checkpoint.gene_medians or {}
         g2t = np.array([tok.get(e, -1) if e in med else -1 for e in ens], dtype=np.int64)
         medians = np.array([float(med[e]) if t >= 0 else np.nan for e, t in zip(ens, g2t, strict=True)],
-                           dtype=np.float32)
+                           dtype=np.float64)
         fix = (
             f"Geneformer needs Ensembl ids (e.g. 'ENSG00000167286'); {source} were read as "
             f"{'Ensembl ids' if ensembl else 'gene symbols'}. Pass gene_symbols='<column of adata.var with "
@@ -442,7 +443,12 @@ def map_genes(identifiers: Sequence[str], checkpoint: PretrainedCheckpoint, *, s
 # ----------------------------------------------------------------------------- weights
 @dataclass
 class PretrainedReport:
-    """What :func:`load_pretrained_weights` did, key by key (official key names where they exist).
+    """What :func:`load_pretrained_weights` did, tensor by tensor.
+
+    Every checkpoint tensor and every module tensor is in exactly one list. Checkpoint tensors (official key names; BERT's separate query / key / value are one entry
+    ``…attention.self.{query,key,value}.weight``): :attr:`matched` or :attr:`unexpected`, or a head key
+    in :attr:`shape_mismatches`. Module tensors (the module's key names): loaded from a matched key, or
+    in :attr:`missing` (initialised fresh) or :attr:`from_data` (set from the data and the vocabulary).
 
     Attributes
     ----------
@@ -451,13 +457,19 @@ class PretrainedReport:
     matched
         Checkpoint keys loaded into the model.
     missing
-        Model keys the checkpoint did not provide, left at their initialisation (only task-head keys can
-        be missing; a missing backbone key is an error).
+        Module tensors the checkpoint did not provide, left at their initialisation: task heads (e.g.
+        ``cls_decoder.*`` of a new classifier, its input normalisation), the expression projection
+        ``expr_proj.weight`` of ``cell_emb="cls+expr"``. A missing backbone tensor is an error instead.
+    from_data
+        Module buffers set from the data, not from the checkpoint: the gene graph (``graph_indptr``,
+        ``graph_indices``), the gene-to-vocabulary map (``backbone.gene_to_token``, Geneformer's
+        ``backbone.gene_medians``) and other data-derived buffers of the task.
     unexpected
-        Checkpoint keys the model does not use (e.g. scGPT's expression / MVC decoders, BERT's MLM head).
+        Checkpoint keys the model does not use (e.g. scGPT's ``decoder.*``, ``mvc_decoder.*``,
+        ``flag_encoder.weight``, BERT's MLM head ``cls.predictions.*``).
     shape_mismatches
-        ``(key, checkpoint shape, model shape)`` of task-head keys that were skipped and re-initialised
-        (e.g. a classifier with another number of classes).
+        ``(key, checkpoint shape, model shape)`` of head keys that were skipped and re-initialised (e.g. a
+        classifier with another number of classes); the module tensors are in :attr:`missing` too.
     n_genes_matched, n_genes, gene_id_type
         Gene-vocabulary coverage (see :class:`GeneMapping`).
     """
@@ -468,6 +480,7 @@ class PretrainedReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     shape_mismatches: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    from_data: list[str] = field(default_factory=list)
     n_genes_matched: int = 0
     n_genes: int = 0
     gene_id_type: str = ""
@@ -481,15 +494,16 @@ class PretrainedReport:
             f"{self.backbone} checkpoint {self.source}",
             f"  genes matched: {self.n_genes_matched} / {self.n_genes} ({self.gene_id_type})",
             f"  matched keys: {len(self.matched)}",
-            f"  missing (initialised fresh): {len(self.missing)} {self.missing[:6]}",
             f"  unexpected (unused): {len(self.unexpected)} {self.unexpected[:6]}",
             f"  shape mismatches (re-initialised): {self.shape_mismatches}",
+            f"  missing (initialised fresh): {len(self.missing)} {self.missing}",
+            f"  from the data: {self.from_data}",
         ]
         return "\n".join(lines)
 
 
 def _scgpt_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
-    """Official scGPT keys → module keys; returns (mapped, unexpected harmless, unexpected in the backbone)."""
+    """Official scGPT keys → module keys; returns (mapped backbone keys, other keys, unknown keys in the backbone)."""
     mapped, unused, foreign = {}, [], []
     for key, value in state.items():
         new = key.replace(".self_attn.in_proj_weight", ".self_attn.Wqkv.weight").replace(
@@ -497,8 +511,6 @@ def _scgpt_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
         )
         if new.startswith(("encoder.", "value_encoder.", "transformer_encoder.")):
             mapped[f"backbone.{new}"] = value
-        elif new.startswith("cls_decoder."):
-            mapped[new] = value
         elif new.startswith(_SCGPT_BACKBONE):
             foreign.append(key)
         else:
@@ -542,13 +554,16 @@ def _mapped_source(key: str, backbone: str) -> str:
     return k
 
 
-def load_pretrained_weights(module: nn.Module, checkpoint: PretrainedCheckpoint, genes: GeneMapping) -> PretrainedReport:
-    """Copy a checkpoint's weights into a task module's backbone, strictly, and its head where it fits.
+def load_pretrained_weights(module: nn.Module, checkpoint: PretrainedCheckpoint, genes: GeneMapping, *,
+                            heads: Sequence[str] = ("cls_decoder.",)) -> PretrainedReport:
+    """Copy a checkpoint's weights into a task module's backbone, strictly, and its heads where they fit.
 
     Every backbone parameter of ``module`` (an :class:`~genohoption.module.AnnotationModule` or a
     :class:`~genohoption.module.PerturbationModule`) must come from the checkpoint with the same shape; the
-    gene-vocabulary buffers are set from ``genes``; the classifier head (``cls_decoder``) of an annotation
-    module is loaded where its shapes match and re-initialised otherwise (reported).
+    gene-vocabulary buffers are set from ``genes``; a checkpoint key under one of ``heads`` (scGPT key
+    names, e.g. the classifier ``cls_decoder.``) is loaded into the module tensor of the same name where
+    the shapes agree and reported otherwise. The report accounts for every tensor of both sides (see
+    :class:`PretrainedReport`).
 
     Parameters
     ----------
@@ -558,6 +573,8 @@ def load_pretrained_weights(module: nn.Module, checkpoint: PretrainedCheckpoint,
         From :func:`read_pretrained`.
     genes
         From :func:`map_genes`.
+    heads
+        Key prefixes of the task heads to load where they fit (default: scGPT's classifier).
 
     Returns
     -------
@@ -600,20 +617,26 @@ def load_pretrained_weights(module: nn.Module, checkpoint: PretrainedCheckpoint,
     load = {k: mapped[k].to(target[k].dtype) for k in required}
     for k, v in vocab_buffers.items():
         load[k] = v.to(target[k].dtype)
-    for k in target:
-        if k.startswith("cls_decoder."):
-            if k in mapped and mapped[k].shape == target[k].shape:
-                load[k] = mapped[k].to(target[k].dtype)
-            elif k in mapped:
-                report.shape_mismatches.append((k, tuple(mapped[k].shape), tuple(target[k].shape)))
-            else:
-                report.missing.append(k)
+    heads = tuple(heads)
+    loaded_heads, skipped = [], []
+    for k in unused:
+        if not (heads and k.startswith(heads)) or k not in target:
+            skipped.append(k)
+        elif checkpoint.state_dict[k].shape == target[k].shape:
+            load[k] = checkpoint.state_dict[k].to(target[k].dtype)
+            loaded_heads.append(k)
+        else:
+            report.shape_mismatches.append((k, tuple(checkpoint.state_dict[k].shape), tuple(target[k].shape)))
     result = module.load_state_dict(load, strict=False)
     if result.unexpected_keys:  # cannot happen: keys are built from the target
         raise RuntimeError(f"unexpected keys {result.unexpected_keys}")
-    report.matched = sorted({_mapped_source(k, checkpoint.backbone) for k in load if k not in vocab_buffers})
-    report.unexpected = sorted(unused + [k for k in mapped if k.startswith("cls_decoder.") and k not in target])
-    unknown = [k for k in unused if not k.removeprefix("bert.").startswith(_SCGPT_UNUSED + _BERT_UNUSED)]
+    report.matched = sorted({_mapped_source(k, checkpoint.backbone) for k in required} | set(loaded_heads))
+    report.unexpected = sorted(skipped)
+    buffers = {name for name, _ in module.named_buffers()}
+    rest = [k for k in target if k not in load]
+    report.from_data = sorted([*vocab_buffers, *(k for k in rest if k in buffers and not (heads and k.startswith(heads)))])
+    report.missing = sorted(k for k in rest if k not in report.from_data)
+    unknown = [k for k in skipped if not k.removeprefix("bert.").startswith(_SCGPT_UNUSED + _BERT_UNUSED)]
     if unknown:
         warnings.warn(
             f"{len(unknown)} checkpoint keys are not part of the {checkpoint.backbone} architecture known here and "

@@ -21,6 +21,7 @@ from scvi import REGISTRY_KEYS
 from scvi.data.fields import LayerField
 
 from .. import _constants as K
+from ..data import TokenRandom
 from ..module import PretrainingModule
 from ._backed import GenoHoptionDataManager
 from ._batch import (
@@ -78,7 +79,7 @@ class PretrainingTask(Task):
                                    n_batches=n_batches(self.registry),
                                    batch_representation=self.params.get("batch_representation"),
                                    batch_adversarial=self.params.get("batch_adversarial", 0.0),
-                                   **backbone_kwargs(self.params))
+                                   conventions=self.params.get("conventions"), **backbone_kwargs(self.params))
         return BuiltModule(module)
 
     def training_plan(self, module, adata_manager, **plan_kwargs) -> MaskedExpressionTrainingPlan:
@@ -90,13 +91,14 @@ class PretrainingTask(Task):
         """Cell embeddings ``(n_obs, d_model)`` of the pretrained backbone (no value hidden)."""
         module.eval()
         rows = RowOutputs(query.X.shape[0], ((module.backbone.d_model,),))  # memory flat in the number of cells
+        rng = TokenRandom(module.conventions.seed)  # one pass: the same draws whatever the batch size
 
         def forward(x, b):
             return module(x, mask=False, batch_index=b)
 
         with adapted_batch_norms(module, query, batch_size, forward):
             for x, b in iter_query(query, batch_size, module.device):
-                rows.add(forward(x, b)["z"].float())
+                rows.add(module(x, mask=False, batch_index=b, rng=rng)["latent"].float())
         return rows.arrays[0]
 
 
@@ -185,7 +187,7 @@ def pretraining_run(query: Query, base: nn.Module, registry: dict, *,
     module = PretrainingModule(
         base.n_genes, base.graph_indptr, base.graph_indices, max_seq_len=base.max_seq_len,
         mask_ratio=mask_ratio, backbone=base.backbone, n_batches=base.n_batches,
-        batch_adversarial=base.batch_adversarial, batch_inputs=base.batch,
+        batch_adversarial=base.batch_adversarial, batch_inputs=base.batch, conventions=base.conventions,
     ).to(base.device)
     task = PretrainingTask(manager.registry, {"attention": module.attention})
     return TrainingRun(module, manager), task

@@ -6,12 +6,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data._tokenize import Tokens
+from ..data._tokenize import TokenRandom, Tokens
 from ..nn import ClsDecoder, DomainSpecificBatchNorm
 from ..nn._batch import batch_parts
 from ._base import TaskModule
 from ._batch import batch_index_for, build_batch_inputs, build_discriminator, gene_tokens
-from ._inputs import backbone_graph, backbone_tokens, build_backbone, cell_embedding
+from ._inputs import (
+    Conventions,
+    backbone_graph,
+    backbone_tokens,
+    build_backbone,
+    read_out,
+    resolve_conventions,
+)
 
 CELL_EMBEDDINGS = ("cls", "cls+expr")
 """What the classifier of :class:`AnnotationModule` reads."""
@@ -69,6 +76,10 @@ class AnnotationModule(TaskModule):
     batch_adversarial
         Weight of the adversarial batch loss (:class:`~genohoption.nn.AdversarialDiscriminator` on the cell
         embedding, gradient reversed); 0: none.
+    conventions
+        Input and read-out conventions (:class:`~genohoption.module.Conventions` fields, see
+        :func:`~genohoption.module.resolve_conventions`); ``None``: the defaults for ``backbone`` and
+        ``backbone_config``.
     **backbone_kwargs
         Sizes, dropout and attention arguments of the backbone.
     """
@@ -90,13 +101,15 @@ class AnnotationModule(TaskModule):
         n_batches: int = 0,
         batch_representation: str | None = None,
         batch_adversarial: float = 0.0,
+        conventions: dict | None = None,
         **backbone_kwargs,
     ):
         super().__init__(graph_indptr, graph_indices)
         self.n_genes = n_genes
         self.max_seq_len = max_seq_len
         self.attention = backbone_kwargs.get("attention", "ppr")
-        self.n_bins = (backbone_config or {}).get("n_bins")  # scGPT value binning of pretrained models
+        self.conventions = Conventions(**resolve_conventions(backbone, backbone_config, conventions))
+        self.n_bins = self.conventions.n_bins  # scGPT value binning
         self.backbone = build_backbone(n_genes, backbone, backbone_config,
                                        {**backbone_kwargs, "max_seq_len": max_seq_len})
         if cell_emb not in CELL_EMBEDDINGS:
@@ -124,42 +137,54 @@ class AnnotationModule(TaskModule):
         """Width of the cell embedding ``z`` (``d_model``, twice that with ``cell_emb="cls+expr"``)."""
         return self.cls_decoder.out_layer.in_features
 
-    def encode_tokens(self, x: torch.Tensor, batch_index: torch.Tensor | None = None) -> tuple[torch.Tensor, Tokens]:
+    def inference_random(self) -> TokenRandom:
+        """Random streams for one inference pass over cells (seeded with ``conventions.seed``)."""
+        return TokenRandom(self.conventions.seed)
+
+    def encode_tokens(self, x: torch.Tensor, batch_index: torch.Tensor | None = None, rng: TokenRandom | None = None,
+                      *, all_layers: bool = False) -> tuple[torch.Tensor | list[torch.Tensor], Tokens]:
         """Token embeddings ``(B, L, d_model)`` of ``(B, n_genes)`` expression, and the batch's tokens.
 
         During training a random subset of expressed genes is kept when a cell has more than
-        ``max_seq_len - 1``; in evaluation mode the most expressed ones. ``batch_index`` ``(B,)``: the cells'
-        batch codes (models with batches).
+        ``max_seq_len - 1``; in evaluation mode the conventions' ``sampling`` decides (draws from ``rng``).
+        ``batch_index`` ``(B,)``: the cells' batch codes (models with batches). ``all_layers``: every layer's
+        outputs (a list, embeddings first).
         """
-        tokens = backbone_tokens(self.backbone, x, self.max_seq_len, sample=self.training, n_bins=self.n_bins,
-                                 include_zero=self.include_zero)
+        tokens = backbone_tokens(self.backbone, x, self.max_seq_len, sample=self.training,
+                                 include_zero=self.include_zero, conventions=self.conventions, rng=rng)
         graph = None
         if self.attention != "dense":
             graph = backbone_graph(self.backbone, tokens, self.graph_indptr, self.graph_indices)
         batch_index = batch_index_for(self, batch_index, x.shape[0])
         norm = None if self.batch is None else self.batch.input_norm(batch_index, gene_tokens(tokens))
-        if norm is None:  # the Geneformer backbone takes no input normalisation
-            return self.backbone(tokens.genes, tokens.values, tokens.padding_mask, graph), tokens
-        return self.backbone(tokens.genes, tokens.values, tokens.padding_mask, graph, input_norm=norm), tokens
+        extra = {} if norm is None else {"input_norm": norm}  # the Geneformer backbone takes no input normalisation
+        h = self.backbone(tokens.genes, tokens.values, tokens.padding_mask, graph, all_layers=all_layers, **extra)
+        return h, tokens
 
-    def forward(self, x: torch.Tensor, batch_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Return the cell embedding ``z`` ``(B, d_latent)`` and class ``logits`` ``(B, n_labels)``.
+    def forward(self, x: torch.Tensor, batch_index: torch.Tensor | None = None, *,
+                rng: TokenRandom | None = None) -> dict[str, torch.Tensor]:
+        """Return the classifier's input ``z``, the class ``logits`` and the cell embedding ``latent``.
 
-        ``z`` is the CLS output (scGPT) or the mean of the gene tokens' outputs (Geneformer), with the
-        expression projection for ``cell_emb="cls+expr"``; with a domain-specific normalisation of the
-        classifier's input, ``z`` is the normalised embedding the classifier reads. ``batch_index`` ``(B,)``:
-        batch codes, required by models with batches; with an adversarial discriminator the outputs also hold
-        ``"batch_logits"`` ``(B, n_batches)``.
+        ``z`` ``(B, d_latent)`` pools the last layer as ``conventions.emb_mode`` says (scGPT: CLS output;
+        Geneformer V1: mean of the gene tokens); ``latent`` ``(B, d_latent)`` pools the layer
+        ``conventions.emb_layer``, L2-normalised with ``emb_norm="l2"`` (the original pipelines' cell
+        embedding); with ``cell_emb="cls+expr"`` both are followed by the expression projection. With a
+        domain-specific normalisation of the classifier's input, ``z`` is the normalised embedding the
+        classifier reads and ``latent`` is that same batch-corrected embedding. ``batch_index`` ``(B,)``: batch
+        codes, required by models with batches; with an adversarial discriminator the outputs also hold
+        ``"batch_logits"`` ``(B, n_batches)``. ``rng``: random streams of an inference pass (see
+        :meth:`inference_random`).
         """
         x = x.float()
         batch_index = batch_index_for(self, batch_index, x.shape[0])
-        h, tokens = self.encode_tokens(x, batch_index)
-        z = cell_embedding(self.backbone, h, tokens)
+        hidden, tokens = self.encode_tokens(x, batch_index, rng, all_layers=True)
+        z, latent = read_out(self.backbone, hidden, tokens, self.conventions)
         if self.expr_proj is not None:
-            z = torch.cat([z, self.expr_proj(x)], 1)
+            e = self.expr_proj(x)
+            z, latent = torch.cat([z, e], 1), torch.cat([latent, e], 1)
         if self.batch_head_norm is not None:
-            z = self.batch_head_norm(z, batch_index)
-        out = {"z": z, "logits": self.cls_decoder(z)}
+            z = latent = self.batch_head_norm(z, batch_index)
+        out = {"z": z, "logits": self.cls_decoder(z), "latent": latent}
         if self.batch_discriminator is not None:
             out["batch_logits"] = self.batch_discriminator(z)
         return out

@@ -30,7 +30,8 @@ def encode_cells(module: torch.nn.Module, x: torch.Tensor,
     """Token outputs of ``(B, n_genes)`` expression rows, tokenized as the module does in evaluation mode.
 
     ``batch_index`` ``(B,)``: the cells' batch codes, required by a model set up with ``batch_key`` (its
-    domain-specific input normalisation reads them).
+    domain-specific input normalisation reads them). The conventions' random draws (ties, genes kept above
+    ``max_seq_len``) come from new streams seeded with ``conventions.seed`` at each call.
 
     Returns
     -------
@@ -39,8 +40,8 @@ def encode_cells(module: torch.nn.Module, x: torch.Tensor,
     """
     check_encodable(module, "encode_cells")
     bb = module.backbone
-    tokens = backbone_tokens(bb, x.float(), module.max_seq_len, sample=False, n_bins=getattr(module, "n_bins", None),
-                             include_zero=getattr(module, "include_zero", False))
+    tokens = backbone_tokens(bb, x.float(), module.max_seq_len, sample=False,
+                             include_zero=getattr(module, "include_zero", False), conventions=module.conventions)
     graph = None
     if module.attention != "dense":
         graph = backbone_graph(bb, tokens, module.graph_indptr, module.graph_indices)
@@ -60,4 +61,4 @@ def module_forward(module: torch.nn.Module, x: torch.Tensor, batch_index: torch.
 
 def backbone_cell_embedding(module: torch.nn.Module, h: torch.Tensor, tokens: Tokens) -> torch.Tensor:
     """Return the backbone's cell embedding ``(B, d_model)``: CLS output (scGPT) or mean of gene tokens (Geneformer)."""
-    return cell_embedding(module.backbone, h, tokens)
+    return cell_embedding(module.backbone, h, tokens, module.conventions.emb_mode)

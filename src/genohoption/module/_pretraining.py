@@ -5,11 +5,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..data import TokenRandom
 from ..nn import ScGPTBackbone
 from ..nn._backbones import ExprDecoder
 from ._base import TaskModule
 from ._batch import batch_index_for, build_batch_inputs, build_discriminator, gene_tokens
-from ._inputs import backbone_graph, backbone_tokens, build_backbone, cell_embedding
+from ._inputs import (
+    Conventions,
+    backbone_graph,
+    backbone_tokens,
+    build_backbone,
+    read_out,
+    resolve_conventions,
+)
 
 MASK_VALUE = -1.0
 """Input value of a masked token (expression values are non-negative, so it cannot be confused)."""
@@ -82,6 +90,10 @@ class PretrainingModule(TaskModule):
     batch_inputs
         Existing :class:`~genohoption.nn.BatchInputs` to share (an annotation model's, with its backbone);
         ``None`` builds them from ``n_batches`` and ``batch_representation``.
+    conventions
+        Input and read-out conventions (see :class:`~genohoption.module.Conventions`; an annotation
+        module's, when its backbone is pretrained); ``None``: those of an scGPT-style model trained from
+        scratch.
     **backbone_kwargs
         Sizes, dropout and attention arguments of a new backbone.
 
@@ -104,9 +116,13 @@ class PretrainingModule(TaskModule):
         batch_representation: str | None = None,
         batch_adversarial: float = 0.0,
         batch_inputs: nn.Module | None = None,
+        conventions: dict | Conventions | None = None,
         **backbone_kwargs,
     ):
         super().__init__(graph_indptr, graph_indices)
+        if isinstance(conventions, Conventions):
+            conventions = conventions.to_dict()
+        self.conventions = Conventions(**resolve_conventions("scgpt", None, conventions))
         if not 0.0 < float(mask_ratio) < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio!r}.")
         self.n_genes = n_genes
@@ -138,8 +154,8 @@ class PretrainingModule(TaskModule):
         rank = score.argsort(1).argsort(1)
         return (rank < n_mask) & is_gene
 
-    def forward(self, x: torch.Tensor, *, mask: bool = True,
-                batch_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, *, mask: bool = True, batch_index: torch.Tensor | None = None,
+                rng: TokenRandom | None = None) -> dict[str, torch.Tensor]:
         """Encode a minibatch with part of the values hidden and predict them.
 
         Parameters
@@ -150,25 +166,30 @@ class PretrainingModule(TaskModule):
             Hide values (training); ``False`` encodes the cells as they are (embeddings).
         batch_index
             ``(B,)`` batch codes; required by models with batches.
+        rng
+            Random streams of an inference pass (:class:`~genohoption.data.TokenRandom`); ``None``: new ones
+            seeded with ``conventions.seed``.
 
         Returns
         -------
-        ``"z"`` ``(B, d_model)`` cell embeddings; ``"pred"``, ``"pred_cell"`` ``(B, L)`` values predicted
+        ``"z"`` ``(B, d_model)`` cell embeddings; ``"latent"`` the same as read out by the conventions
+        (``emb_layer``, ``emb_norm``); ``"pred"``, ``"pred_cell"`` ``(B, L)`` values predicted
         from the tokens and from the cell embedding; ``"target"`` ``(B, L)`` true values; ``"masked"``
         ``(B, L)`` bool; with an adversarial discriminator ``"batch_logits"`` ``(B, n_batches)``.
         """
         x = x.float()
         bb = self.backbone
         batch_index = batch_index_for(self, batch_index, x.shape[0])
-        tokens = backbone_tokens(bb, x, self.max_seq_len, sample=self.training)
+        tokens = backbone_tokens(bb, x, self.max_seq_len, sample=self.training, conventions=self.conventions, rng=rng)
         masked = self._mask(tokens) if mask else torch.zeros_like(tokens.padding_mask)
         values = tokens.values.masked_fill(masked, MASK_VALUE)
         graph = None
         if self.attention != "dense":
             graph = backbone_graph(bb, tokens, self.graph_indptr, self.graph_indices)
         norm = None if self.batch is None else self.batch.input_norm(batch_index, gene_tokens(tokens))
-        h = bb(tokens.genes, values, tokens.padding_mask, graph, input_norm=norm)
-        z = cell_embedding(bb, h, tokens)
+        hidden = bb(tokens.genes, values, tokens.padding_mask, graph, input_norm=norm, all_layers=True)
+        h = hidden[-1]
+        z, latent = read_out(bb, hidden, tokens, self.conventions)
         gene_embs = bb.encoder(bb.token_ids(tokens.genes, tokens.padding_mask))
         b = None if self.batch is None else self.batch.embedding(batch_index)
         h_dec, z_dec = h, z
@@ -176,7 +197,7 @@ class PretrainingModule(TaskModule):
             h_dec = torch.cat([h, b[:, None].expand(-1, h.shape[1], -1)], 2)
             z_dec = torch.cat([z, b], 1)
         out = {"z": z, "pred": self.decoder(h_dec), "pred_cell": self.mvc_decoder(z_dec, gene_embs),
-               "target": tokens.values, "masked": masked}
+               "target": tokens.values, "masked": masked, "latent": latent}
         if self.batch_discriminator is not None:
             out["batch_logits"] = self.batch_discriminator(z)
         return out

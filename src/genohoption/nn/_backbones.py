@@ -281,7 +281,9 @@ class ScGPTBackbone(nn.Module):
         padding_mask: torch.Tensor,
         graph: BatchGraph | None,
         input_norm: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> torch.Tensor:
+        *,
+        all_layers: bool = False,
+    ) -> torch.Tensor | list[torch.Tensor]:
         """Encode a batch of token sequences.
 
         Parameters
@@ -298,10 +300,13 @@ class ScGPTBackbone(nn.Module):
         input_norm
             Applied to the ``(B, L, d_model)`` input embeddings (gene + value) before the first layer, e.g.
             the domain-specific normalisation of :class:`~genohoption.nn.BatchInputs`; ``None``: none.
+        all_layers
+            Return the input embeddings and every layer's outputs.
 
         Returns
         -------
-        ``(B, L, d_model)`` token embeddings; position 0 is the cell (CLS) embedding.
+        ``(B, L, d_model)`` token embeddings of the last layer; position 0 is the cell (CLS) embedding.
+        With ``all_layers``, a list of ``n_layers + 1`` of them (input embeddings first, last layer last).
         """
         if self.pad_value != 0:
             pad = self.pad_value if self.input_emb_style == "continuous" or self.pad_value >= 0 else 0
@@ -309,6 +314,9 @@ class ScGPTBackbone(nn.Module):
         x = self.encoder(self.token_ids(genes, padding_mask)) + self.value_encoder(values)
         if input_norm is not None:
             x = input_norm(x)
+        hidden = [x]
         for layer in self.transformer_encoder.layers:
             x = layer(x, graph, padding_mask)
-        return x
+            if all_layers:
+                hidden.append(x)
+        return hidden if all_layers else x

@@ -9,8 +9,8 @@ into ``attention.self.Wqkv`` and ``attention.output.dense`` becomes ``attention.
 
 Sources: Devlin et al., "BERT" (2019) and Hugging Face ``transformers`` ``modeling_bert.py`` (post-LN
 layer equations); Theodoris et al., "Transfer learning enables predictions in network biology",
-Nature 2023 (Geneformer: rank-value encoded genes, absolute position embeddings, mean-pooled cell
-embedding).
+Nature 2023 (Geneformer: rank-value encoded genes, absolute position embeddings; cell embedding as its
+``EmbExtractor``: mean of the gene tokens or ``<cls>``).
 """
 
 from __future__ import annotations
@@ -113,8 +113,9 @@ class GeneformerBackbone(nn.Module):
 
     Input tokens are the cell's genes in decreasing order of median-scaled expression
     (:func:`~genohoption.data.rank_value_encode`); gene indices (into ``n_vars``) are mapped to the
-    checkpoint's vocabulary by the buffer ``gene_to_token``. The cell embedding is the mean of the
-    gene tokens' outputs (Geneformer's convention), see :meth:`cell_embedding`.
+    checkpoint's vocabulary by the buffer ``gene_to_token``. The cell embedding is read from a layer's
+    outputs by :meth:`cell_embedding`: the mean of the gene tokens' outputs or the ``<cls>`` output, as
+    Geneformer's ``EmbExtractor`` (``emb_mode="cell"`` / ``"cls"``).
 
     Parameters
     ----------
@@ -123,7 +124,8 @@ class GeneformerBackbone(nn.Module):
         (they are never tokens).
     gene_medians
         ``(n_genes,)`` float: Geneformer's non-zero median of each gene (``gene_median_dictionary.pkl``);
-        ``NaN`` where unknown.
+        ``NaN`` where unknown. Kept in float64 (the dictionary's precision), so that genes rank as in
+        Geneformer's tokenizer.
     vocab_size, hidden_size, num_attention_heads, num_hidden_layers, intermediate_size
         BERT sizes (``config.json``; Geneformer V1 6-layer: 25,426, 256, 4, 6, 512).
     max_position_embeddings
@@ -179,10 +181,11 @@ class GeneformerBackbone(nn.Module):
         if (cls_token_id is None) != (eos_token_id is None):
             raise ValueError("Give both cls_token_id and eos_token_id (Geneformer V2) or neither (V1).")
         self.d_model = hidden_size
+        self.hidden_act = hidden_act
         self.max_len = max_position_embeddings
         self.pad_id, self.cls_id, self.eos_id = pad_token_id, cls_token_id, eos_token_id
         self.register_buffer("gene_to_token", gene_to_token.to(torch.int64).clone())
-        self.register_buffer("gene_medians", gene_medians.to(torch.float32).clone())
+        self.register_buffer("gene_medians", gene_medians.to(torch.float64).clone())  # ranks as Geneformer's
         attn = {"attention": attention, "n_hops": n_hops, "alpha": alpha, "t": t, "normalize": normalize}
         self.embeddings = _Embeddings(vocab_size, hidden_size, max_position_embeddings, type_vocab_size,
                                       layer_norm_eps, dropout, pad_token_id)
@@ -216,7 +219,9 @@ class GeneformerBackbone(nn.Module):
         values: torch.Tensor | None,
         padding_mask: torch.Tensor,
         graph: BatchGraph | None,
-    ) -> torch.Tensor:
+        *,
+        all_layers: bool = False,
+    ) -> torch.Tensor | list[torch.Tensor]:
         """Encode rank-ordered gene tokens.
 
         Parameters
@@ -229,10 +234,13 @@ class GeneformerBackbone(nn.Module):
             ``(B, L)`` bool, ``True`` at padding.
         graph
             Induced batch graph; ``None`` only for ``attention="dense"``.
+        all_layers
+            Return the outputs of the embeddings and of every layer (Hugging Face's ``hidden_states``).
 
         Returns
         -------
-        ``(B, L, hidden_size)`` token outputs.
+        ``(B, L, hidden_size)`` token outputs of the last layer; with ``all_layers``, a list of
+        ``num_hidden_layers + 1`` of them (embeddings first, last layer last).
 
         Raises
         ------
@@ -242,12 +250,32 @@ class GeneformerBackbone(nn.Module):
         if genes.shape[1] > self.max_len:
             raise ValueError(f"sequence length {genes.shape[1]} exceeds max_position_embeddings={self.max_len}.")
         x = self.embeddings(self.token_ids(genes, padding_mask))
+        hidden = [x]
         for layer in self.encoder.layer:
             x = layer(x, graph, padding_mask)
-        return x
+            if all_layers:
+                hidden.append(x)
+        return hidden if all_layers else x
 
-    def cell_embedding(self, h: torch.Tensor, genes: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
-        """Mean of the gene tokens' outputs (special tokens and padding excluded), ``(B, hidden_size)``."""
+    def cell_embedding(self, h: torch.Tensor, genes: torch.Tensor, padding_mask: torch.Tensor,
+                       mode: str = "cell") -> torch.Tensor:
+        """Cell embedding ``(B, hidden_size)`` from a layer's outputs ``h`` ``(B, L, hidden_size)``.
+
+        ``mode="cell"``: mean of the gene tokens' outputs, special tokens and padding excluded (Geneformer's
+        ``mean_nonpadding_embs``); ``"cls"``: the ``<cls>`` token's output (V2 only).
+
+        Raises
+        ------
+        ValueError
+            For ``mode="cls"`` without a ``<cls>`` token, or an unknown ``mode``.
+        """
+        if mode == "cls":
+            if not self.special_tokens:
+                raise ValueError("emb_mode='cls' needs a <cls> token (Geneformer V2); this backbone has none: "
+                                 "use emb_mode='cell'.")
+            return h[:, 0]
+        if mode != "cell":
+            raise ValueError(f"mode={mode!r} is unknown; use 'cell' or 'cls'.")
         is_gene = ~padding_mask & (genes >= 0) & (genes < self.gene_to_token.numel())
         w = is_gene.to(h.dtype)
         return (h * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp_min(1.0)
