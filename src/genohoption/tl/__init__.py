@@ -1,4 +1,4 @@
-"""Tools: metrics, splits and baselines."""
+"""Tools: metrics, splits, baselines and statistics."""
 
 from .._conditions import parse_condition
 from ._annotation import annotation_metrics, stratified_split
@@ -7,27 +7,52 @@ from ._perturbation import perturbation_metrics, perturbation_split, top_de_gene
 from ._perturbation_baselines import (
     AdditiveBaseline,
     LinearBaseline,
+    MatchingMeanBaseline,
     MeanBaseline,
     NoChangeBaseline,
     PerturbationBaseline,
+    PriorNetworkBaseline,
+    TargetGeneBaseline,
     fit_perturbation_baselines,
+)
+from ._perturbation_eval import PerturbationEvaluation, evaluate_perturbation
+from ._perturbation_stats import (
+    bootstrap_interval,
+    paired_difference,
+    perturbation_folds,
+    perturbation_noise_ceiling,
+    perturbation_shuffle_null,
+    shuffle_null_summary,
+    summarize_perturbation_scores,
 )
 from ._screen import screen_split, subsample_conditions
 
 __all__ = [
     "AdditiveBaseline",
     "LinearBaseline",
+    "MatchingMeanBaseline",
     "MeanBaseline",
     "NoChangeBaseline",
     "PerturbationBaseline",
+    "PerturbationEvaluation",
+    "PriorNetworkBaseline",
+    "TargetGeneBaseline",
     "annotation_metrics",
+    "bootstrap_interval",
+    "evaluate_perturbation",
     "fit_perturbation_baselines",
     "logistic_regression_baseline",
+    "paired_difference",
     "parse_condition",
+    "perturbation_folds",
     "perturbation_metrics",
+    "perturbation_noise_ceiling",
+    "perturbation_shuffle_null",
     "perturbation_split",
     "screen_split",
+    "shuffle_null_summary",
     "stratified_split",
     "subsample_conditions",
+    "summarize_perturbation_scores",
     "top_de_genes",
 ]
