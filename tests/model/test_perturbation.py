@@ -61,7 +61,8 @@ def test_overfits_better_than_no_change(trained):
     mse_model = np.mean((profiles.X - observed) ** 2)
     mse_no_change = np.mean((ctrl_mean - observed) ** 2)
     assert mse_model < 0.6 * mse_no_change
-    metrics = gh.tl.perturbation_metrics(adata, profiles)
+    # every condition is scored here (training data): Systema's reference must be given
+    metrics = gh.tl.perturbation_metrics(adata, profiles, perturbed_reference=ctrl_mean)
     assert metrics["pearson_delta"].mean() > 0.5  # no-change baseline: 0
 
 
@@ -226,12 +227,21 @@ def test_unmeasured_genes_train_predict_save_load(hidden, tmp_path):
     measured = a.var_names[0]
     conditions = [f"{genes[0]}+ctrl", f"{genes[0]}+{genes[1]}", f"{genes[1]}+{measured}", "MADEUP1+ctrl",
                   "STAT1+ctrl", "ctrl"]
-    profiles = model.predict_perturbation(ctrl, conditions)
+    with pytest.warns(UserWarning, match=r"no information about the perturbed genes \['MADEUP1'\].*fallback rule"):
+        profiles = model.predict_perturbation(ctrl, conditions)
     assert np.isfinite(profiles.X).all() and profiles.shape == (len(conditions), a.n_vars)
+    assert ctrl.uns["genohoption"]["predict_perturbation"]["fallback"] == ["MADEUP1+ctrl"]
     X = profiles.X
     for i in range(len(conditions) - 1):  # every perturbation changes the prediction of the control condition
         assert np.abs(X[i] - X[-1]).max() > 1e-4, conditions[i]
     assert np.abs(X[0] - X[1]).max() > 1e-4  # the combination differs from the single
+    # MADEUP1 (no edge, never perturbed): the fallback rule, input + the mean change of the training perturbations
+    shift = model.module.perturbation_shift.numpy()
+    np.testing.assert_allclose(X[3], ctrl.X.toarray().mean(0) + shift, atol=1e-5)
+    with pytest.warns(UserWarning, match="generic token"):
+        generic = model.predict_perturbation(ctrl, ["MADEUP1+ctrl"], fallback=False)
+    assert np.abs(generic.X[0] - X[3]).max() > 1e-4
+    assert ctrl.uns["genohoption"]["predict_perturbation"]["fallback"] == []
     with pytest.raises(KeyError, match="NOTAGENE"):
         model.predict_perturbation(ctrl, f"{genes[0]}+NOTAGENE")
     single = model.predict_perturbation(ctrl, f"{genes[0]}+ctrl")
