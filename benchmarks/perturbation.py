@@ -214,7 +214,7 @@ def run_job(dataset: str, fold: int, seed: int, args) -> dict:
         "ceiling": evaluation.ceiling.to_dict(orient="records") if evaluation.ceiling is not None else None,
         "threads": torch.get_num_threads(), "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
         "seconds": round(time.time() - t_start, 1), "args": {k: v for k, v in vars(args).items() if k != "func"},
-        "commit": _commit(),
+        "version": gh.__version__,
     }
     if models:  # the held-out conditions the model knows nothing about (predicted by the fallback rule)
         model = next(iter(models.values()))
@@ -232,20 +232,6 @@ def run_job(dataset: str, fold: int, seed: int, args) -> dict:
                 per_cell[method][c] = np.asarray(predictors[method].predict_perturbation(ctrl.copy(), c))
         record["cell_eval"] = cell_eval_scores(adata, test, per_cell, ctrl).to_dict(orient="records")
     return record
-
-
-def _commit() -> str | None:
-    """The repository's commit (with ``+dirty`` when files differ from it), for the record."""
-    import subprocess
-
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return None
-    return head + ("+dirty" if dirty else "") if head else None
 
 
 def job_path(out: Path, dataset: str, fold: int, seed: int) -> Path:
