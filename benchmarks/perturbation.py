@@ -18,11 +18,13 @@ Run the jobs as separate processes (``jobs`` prints them; e.g. ``... jobs | xarg
 Evaluation (``gh.tl.evaluate_perturbation``): the perturbed conditions are split into disjoint folds
 (``gh.tl.perturbation_folds``, stratified by measured / unmeasured target; 5 folds for Papalexi, 3 per McFaline
 line, each line with its own fold seed so that the lines hold out different targets together); a job holds out
-one fold. Training cells: every control cell and at most ``--max-cells`` cells of each training perturbation
-(drawn with the fold number as seed, so every model seed and every baseline of a fold sees the same cells).
-Every method predicts the held-out conditions from all control cells, the metrics' control reference is those
-cells, Systema's perturbed reference is the mean centroid of the training perturbations, the top-20 DE genes
-are computed once. Baselines (``gh.tl.fit_perturbation_baselines``, fitted on the same training cells): no
+one fold. The screen's control cells are cut to ``--max-control`` (drawn once with seed 0, the same in every
+job; all of a McFaline line's ~100); these control cells are the training controls, the inputs of every
+prediction and the control reference of every metric (the other control cells are not used). Training cells:
+those control cells and at most ``--max-cells`` cells of each training perturbation (drawn with the fold number
+as seed, so every model seed and every baseline of a fold sees the same cells). Every method predicts the
+held-out conditions from the control cells; Systema's perturbed reference is the mean centroid of the training
+perturbations; the top-20 DE genes are computed once, against the same control cells. Baselines (``gh.tl.fit_perturbation_baselines``, fitted on the same training cells): no
 change, mean, additive, linear, target gene on control / on the mean, prior network, Systema's matching mean.
 
 Model configurations (d_model 32, 2 layers, 2 heads, PPR K = 6 unless named; MSE; lr 1e-3; early stopping on
@@ -106,6 +108,15 @@ def load_dataset(name: str):
     return adata
 
 
+def control_subset(adata, max_control: int) -> np.ndarray:
+    """Every perturbed cell and at most ``max_control`` control cells (drawn with seed 0)."""
+    values = adata.obs["condition"].astype(str).to_numpy()
+    keep = values != "ctrl"
+    rows = np.flatnonzero(~keep)
+    keep[np.random.default_rng(0).choice(rows, min(rows.size, max_control), replace=False)] = True
+    return keep
+
+
 def training_cells(adata, test: list[str], max_cells: int, seed: int) -> np.ndarray:
     """Every control cell and at most ``max_cells`` cells of each training perturbation (seeded)."""
     values = adata.obs["condition"].astype(str).to_numpy()
@@ -157,6 +168,7 @@ def run_job(dataset: str, fold: int, seed: int, args) -> dict:
 
     t_start, load_start = time.time(), os.getloadavg()
     adata = load_dataset(dataset)
+    adata = adata[control_subset(adata, args.max_control)].copy()
     _, line, n_folds, fold_seed = DATASETS[dataset]
     folds = gh.tl.perturbation_folds(adata, n_folds, seed=fold_seed, gene_symbols="gene_name")
     test = folds[fold]
@@ -395,12 +407,15 @@ def main() -> None:
     run_opts.add_argument("--epochs", type=int, default=10, help="maximum epochs (default 10; McFaline: twice)")
     run_opts.add_argument("--pretrain-epochs", type=int, default=5, help="pretraining epochs (default 5)")
     run_opts.add_argument("--max-cells", type=int, default=100, help="training cells per perturbation (default 100)")
+    run_opts.add_argument("--max-control", type=int, default=500,
+                          help="control cells: training controls, inputs and reference (default 500)")
     run_opts.add_argument("--permutations", type=int, default=200, help="shuffle-null permutations (default 200)")
     run_opts.add_argument("--attention", default="ppr", help="attention of every configuration (default ppr)")
     run_opts.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
     run_opts.add_argument("--cell-eval", action="store_true",
                           help="also score with Arc Institute's cell-eval (jobs of the first seed)")
-    run_opts.add_argument("--quick", action="store_true", help="1 epoch, 20 cells per perturbation, 20 permutations")
+    run_opts.add_argument("--quick", action="store_true",
+                          help="1 epoch, 20 cells per perturbation, 200 controls, 20 permutations")
     r = sub.add_parser("run", parents=[common, run_opts], help="one job")
     r.add_argument("dataset", choices=list(DATASETS))
     r.add_argument("--fold", type=int, required=True)
@@ -432,7 +447,7 @@ def main() -> None:
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "scvi", "genohoption", "cell_eval", "pdex"):
         logging.getLogger(name).setLevel(logging.ERROR)
     if getattr(args, "quick", False):
-        args.epochs, args.max_cells, args.permutations, args.pretrain_epochs = 1, 20, 20, 1
+        args.epochs, args.max_cells, args.permutations, args.pretrain_epochs, args.max_control = 1, 20, 20, 1, 200
     args.out.mkdir(parents=True, exist_ok=True)
     todo = ([(args.dataset, args.fold, args.seed)] if args.command == "run"
             else [(d, f, s) for d in args.datasets for f in range(DATASETS[d][2]) for s in args.seeds])
