@@ -515,13 +515,17 @@ def shuffle_null_summary(null: pd.DataFrame, observed: Mapping[str, float], *, l
     -------
     DataFrame indexed by metric: ``null_mean``, ``null_low``, ``null_high`` (quantiles of the permutation
     means), ``observed`` and ``p_value`` = ``(1 + #{null ≥ observed}) / (1 + n_permutations)`` (``≤`` for
-    errors).
+    errors); NaN where the metric is undefined (no finite draw).
     """
     means = null.drop(columns="condition").groupby("permutation").mean()
     alpha = (1.0 - level) / 2.0
     rows = {}
     for metric, value in observed.items():
         draws = means[metric].dropna().to_numpy()
+        if draws.size == 0 or not np.isfinite(value):  # e.g. centroid accuracy of a single condition
+            rows[metric] = dict.fromkeys(("null_mean", "null_low", "null_high", "p_value"), float("nan"))
+            rows[metric]["observed"] = float(value)
+            continue
         worse = draws <= value if metric in ERROR_METRICS else draws >= value
         rows[metric] = {"null_mean": float(draws.mean()), "null_low": float(np.quantile(draws, alpha)),
                         "null_high": float(np.quantile(draws, 1 - alpha)), "observed": float(value),
