@@ -167,10 +167,10 @@ def evaluate_perturbation(
         else:
             prof = predictor[conds] if hasattr(predictor, "obs_names") else predictor.loc[conds]
         profiles[name] = prof
-        table = perturbation_metrics(adata, prof, **common)
-        table.insert(0, "target", [kind[c] for c in table.index])
+        table = perturbation_metrics(adata, prof, **common).reset_index()
         table.insert(0, "method", name)
-        tables.append(table.reset_index())
+        table.insert(2, "target", [kind[c] for c in table["condition"]])
+        tables.append(table)
         if name in shuffle_null:
             null = perturbation_shuffle_null(adata, prof, n_permutations=n_permutations, seed=seed, **common)
             null.insert(0, "method", name)

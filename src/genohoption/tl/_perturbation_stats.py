@@ -492,9 +492,9 @@ def perturbation_shuffle_null(
     rng = np.random.default_rng(seed)
     tables = []
     for k in range(n_permutations):
-        table = _score(obs, P[rng.permutation(len(conds))]).drop(columns="n_cells")
+        table = _score(obs, P[rng.permutation(len(conds))]).drop(columns="n_cells").reset_index()
         table.insert(0, "permutation", k)
-        tables.append(table.reset_index())
+        tables.append(table)
     return pd.concat(tables, ignore_index=True)
 
 
