@@ -266,26 +266,16 @@ def assemble(records: list[dict]) -> dict[str, dict]:
         prefix = "" if rec["line"] is None else f"{rec['line']}:"
         entry = out.setdefault(group, {"scores": [], "null": [], "ceiling": [], "cell_eval": [], "records": []})
         entry["records"].append(rec)
-        scores = pd.DataFrame(rec["scores"])
-        scores["condition"] = prefix + scores["condition"]
-        scores["seed"] = rec["seed"]
-        scores["fold"] = f"{prefix}{rec['fold']}"
-        entry["scores"].append(scores)
-        if rec.get("null"):
-            null = pd.DataFrame(rec["null"])
-            null["condition"] = prefix + null["condition"]
-            null["seed"] = rec["seed"]
-            entry["null"].append(null)
-        if rec.get("ceiling"):
-            ceiling = pd.DataFrame(rec["ceiling"])
-            ceiling["condition"] = prefix + ceiling["condition"]
-            ceiling["method"] = "noise_ceiling"
-            entry["ceiling"].append(ceiling)
-        if rec.get("cell_eval"):
-            ce = pd.DataFrame(rec["cell_eval"])
-            ce["condition"] = prefix + ce["condition"]
-            ce["seed"] = rec["seed"]
-            entry["cell_eval"].append(ce)
+        for key in ("scores", "null", "ceiling", "cell_eval"):
+            if not rec.get(key):
+                continue
+            table = pd.DataFrame(rec[key])
+            table["condition"] = prefix + table["condition"]
+            table["seed"] = rec["seed"]
+            table["fold"] = f"{prefix}{rec['fold']}"
+            if key == "ceiling":
+                table["method"] = "noise_ceiling"
+            entry[key].append(table)
     for entry in out.values():
         for key in ("scores", "null", "ceiling", "cell_eval"):
             entry[key] = pd.concat(entry[key], ignore_index=True) if entry[key] else None
