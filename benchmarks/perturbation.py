@@ -27,8 +27,9 @@ held-out conditions from the control cells; Systema's perturbed reference is the
 perturbations; the top-20 DE genes are computed once, against the same control cells. Baselines (``gh.tl.fit_perturbation_baselines``, fitted on the same training cells): no
 change, mean, additive, linear, target gene on control / on the mean, prior network, Systema's matching mean.
 
-Model configurations (d_model 32, 2 layers, 2 heads, PPR K = 6 unless named; MSE; lr 1e-3; at most --epochs epochs; early stopping on
-10 % of the training cells, patience 3), each trained with the job's seed:
+Model configurations (d_model 32, 2 layers, 2 heads, PPR K = 6 unless named; MSE; lr 1e-3; at most ``--epochs``
+epochs of batch 64, McFaline lines twice as many of batch 32; early stopping on 10 % of the training cells,
+patience 3), each trained with the job's seed:
 
 - ``genohoption``: the model as it was (direct prediction; an uninformative target gets the generic token);
 - ``+fallback``: the same trained model, uninformative targets predicted by the fallback rule (input + mean change);
@@ -180,7 +181,7 @@ def run_job(dataset: str, fold: int, seed: int, args) -> dict:
     gh.pp.build_gene_graph(train, gene_symbols="gene_name", allow_empty_prior=True)
     baselines = gh.tl.fit_perturbation_baselines(train, gene_symbols="gene_name", extra_genes=targets)
     predictors: dict = dict(baselines)
-    small = train.n_obs < 2000  # McFaline lines: more, smaller steps
+    small = line is not None  # a McFaline line (~600 training cells): more, smaller steps
     batch_size, max_epochs = (32, 2 * args.epochs) if small else (64, args.epochs)
     models, meta = {}, {}
     for config, opts in CONFIGS.items():
