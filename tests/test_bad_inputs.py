@@ -498,8 +498,9 @@ CASES: list[Case] = [
     # ---------------------------------------------------------------- pretrain
     Case("pretrain/numpy", lambda c: c.m.pretrain(c.q.X, max_epochs=1), TypeError, r"anndata\.AnnData\(X",
          prep=_tiny_model),
-    Case("pretrain/perturbation-model", lambda c: c.env.pert_model.pretrain(c.ctrl, max_epochs=1), TypeError,
-         "applies to annotation models"),
+    Case("pretrain/perturbation-model-mask-ratio", lambda c: c.env.pert_model.pretrain(c.ctrl, max_epochs=1,
+                                                                                       mask_ratio=0.0),
+         ValueError, r"mask_ratio must be in \(0, 1\)"),
     Case("pretrain/mask-ratio-1", lambda c: c.m.pretrain(c.q, max_epochs=1, mask_ratio=1.0), ValueError,
          r"mask_ratio must be in \(0, 1\)", prep=_tiny_model),
     # ---------------------------------------------------------------- gene networks / reverse perturbation

@@ -54,7 +54,8 @@ def test_perturb_help_lists_options_without_torch(capsys):
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        (["--split", "nope"], "--split 'nope' is neither 'simulation' nor an obs column"),
+        (["--split", "nope"], "--split 'nope' is neither 'simulation', 'kfold' nor an obs column"),
+        (["--split", "kfold", "--n-folds", "3", "--fold", "3"], "--fold must be below --n-folds (3)"),
         (["--gene-symbols", "nope"], "no var column 'nope'"),
         (["--cell-type", "nope"], "--cell-type 'nope': no such cell type"),
         (["--train-gene-fraction", "1.5"], "--train-gene-fraction must be in (0, 1)"),
@@ -96,14 +97,29 @@ def test_perturb_runs_model_and_baselines(screen, tmp_path, capsys):
                             "--save-model", str(tmp_path / "model"), *FAST], capsys)
     assert rc == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
-    methods = ["genohoption", "no_change", "mean", "additive", "linear"]
-    assert list(metrics["summary"]) == methods
+    methods = ["genohoption", "no_change", "mean", "additive", "linear", "target_gene_control", "target_gene_mean",
+               "prior_network", "matching_mean"]
+    assert list(metrics["summary"]) == methods and metrics["baselines"] == methods[1:]
     assert metrics["test_conditions"] == [f"{hidden}+ctrl"]
     assert metrics["test_targets"] == {f"{hidden}+ctrl": "unmeasured"}
     for name in methods:
         assert set(metrics["summary"][name]) == {"all", "unmeasured"}
-        assert "centroid_accuracy" in metrics["summary"][name]["all"]
+        assert {"centroid_accuracy", "pearson_delta_pert_excl_target", "l2_skill", "direction_accuracy_de",
+                "de_recall"} <= set(metrics["summary"][name]["all"])
     assert metrics["summary"]["no_change"]["all"]["pearson_delta"] == 0.0
+    # every method's scores carry their interval; the mean baseline's skill is 0 by construction
+    assert metrics["intervals"]["mean"]["l2_skill"]["degenerate"] is True
+    assert metrics["intervals"]["no_change"]["pearson_delta"]["degenerate"] is True
+    one = metrics["intervals"]["genohoption"]["mse_de"]
+    assert one["n_conditions"] == 1 and one["low"] == one["estimate"] == one["high"]  # one condition: no spread
+    versus = metrics["versus_best_baseline"]["l2_top_expressed"]
+    assert versus["best_baseline"] in methods[1:]
+    per = metrics["per_condition"]
+    assert versus["difference"] == pytest.approx(per[versus["best_baseline"]][f"{hidden}+ctrl"]["l2_top_expressed"]
+                                                 - per["genohoption"][f"{hidden}+ctrl"]["l2_top_expressed"], abs=1e-5)
+    assert metrics["n_control_cells"] == 60 and metrics["bootstrap"]["unit"] == "test condition"
+    assert set(metrics["shuffle_null"]["centroid_accuracy"]) == {"null_mean", "null_low", "null_high", "observed",
+                                                                "p_value"}
     pred = ad.read_h5ad(out / "predictions.h5ad")
     assert list(pred.obs_names) == [f"{hidden}+ctrl"] and set(methods) <= set(pred.layers)
     assert (out / "perturbation_response.png").is_file()
@@ -119,5 +135,24 @@ def test_perturb_simulation_split_without_plot(screen, tmp_path, capsys):
     assert rc == 0, err
     metrics = json.loads((tmp_path / "s" / "metrics.json").read_text())
     assert metrics["split"] == "simulation" and metrics["test_subgroups"]
-    assert metrics["n_train_cells"] <= 4 * (len(metrics["train_conditions"]) + 1)
+    # at most 4 cells of each training perturbation, and every control cell (the inputs and the reference)
+    assert metrics["n_train_cells"] <= 4 * len(metrics["train_conditions"]) + 60
+    assert metrics["n_control_cells"] == 60
+
+
+def test_perturb_kfold_residual_pretrain(screen, tmp_path, capsys):
+    """Fold 1 of 3 disjoint folds, the residual model pretrained on the control cells; intervals over 3+ conditions."""
+    path, _ = screen
+    rc, stdout, err = _run(["perturb", "--data", str(path), "--out", str(tmp_path / "k"), "--no-plot", "--split",
+                            "kfold", "--n-folds", "3", "--fold", "1", "--residual", "--pretrain-epochs", "1",
+                            "--n-boot", "200", *FAST], capsys)
+    assert rc == 0, err
+    metrics = json.loads((tmp_path / "k" / "metrics.json").read_text())
+    folds = metrics["folds"]
+    assert len(folds) == 3 and metrics["test_conditions"] == folds[1]
+    assert sorted(c for f in folds for c in f) == sorted(metrics["train_conditions"] + folds[1])
+    assert metrics["residual"] is True and metrics["pretrain_epochs"] == 1
+    ci = metrics["intervals"]["genohoption"]["centroid_accuracy"]
+    assert ci["low"] <= ci["estimate"] <= ci["high"] and ci["n_conditions"] == len(folds[1])
+    assert "vs" in stdout and "genohoption - best baseline" in stdout
     assert not (tmp_path / "s" / "perturbation_response.png").exists()

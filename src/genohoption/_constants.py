@@ -56,6 +56,18 @@ ADDITIVE_LAYER_PREFIX = "additive_"
 LINEAR_LAYER_PREFIX = "linear_"
 """``adata.layers`` prefix of :class:`genohoption.tl.LinearBaseline` predictions."""
 
+TARGET_GENE_CONTROL_LAYER_PREFIX = "target_gene_control_"
+"""``adata.layers`` prefix of :class:`genohoption.tl.TargetGeneBaseline` predictions (``on="control"``)."""
+
+TARGET_GENE_MEAN_LAYER_PREFIX = "target_gene_mean_"
+"""``adata.layers`` prefix of :class:`genohoption.tl.TargetGeneBaseline` predictions (``on="mean"``)."""
+
+PRIOR_NETWORK_LAYER_PREFIX = "prior_network_"
+"""``adata.layers`` prefix of :class:`genohoption.tl.PriorNetworkBaseline` predictions."""
+
+MATCHING_MEAN_LAYER_PREFIX = "matching_mean_"
+"""``adata.layers`` prefix of :class:`genohoption.tl.MatchingMeanBaseline` predictions."""
+
 SPLIT_KEY = "split"
 """``adata.obs`` column (and ``adata.uns`` key) of the train / val / test split the ``perturb`` command writes
 (:func:`genohoption.tl.perturbation_split`)."""

@@ -61,7 +61,8 @@ def test_overfits_better_than_no_change(trained):
     mse_model = np.mean((profiles.X - observed) ** 2)
     mse_no_change = np.mean((ctrl_mean - observed) ** 2)
     assert mse_model < 0.6 * mse_no_change
-    metrics = gh.tl.perturbation_metrics(adata, profiles)
+    # every condition is scored here (training data): Systema's reference must be given
+    metrics = gh.tl.perturbation_metrics(adata, profiles, perturbed_reference=ctrl_mean)
     assert metrics["pearson_delta"].mean() > 0.5  # no-change baseline: 0
 
 
@@ -226,12 +227,21 @@ def test_unmeasured_genes_train_predict_save_load(hidden, tmp_path):
     measured = a.var_names[0]
     conditions = [f"{genes[0]}+ctrl", f"{genes[0]}+{genes[1]}", f"{genes[1]}+{measured}", "MADEUP1+ctrl",
                   "STAT1+ctrl", "ctrl"]
-    profiles = model.predict_perturbation(ctrl, conditions)
+    with pytest.warns(UserWarning, match=r"no information about the perturbed genes \['MADEUP1'\].*fallback rule"):
+        profiles = model.predict_perturbation(ctrl, conditions)
     assert np.isfinite(profiles.X).all() and profiles.shape == (len(conditions), a.n_vars)
+    assert ctrl.uns["genohoption"]["predict_perturbation"]["fallback"] == ["MADEUP1+ctrl"]
     X = profiles.X
     for i in range(len(conditions) - 1):  # every perturbation changes the prediction of the control condition
         assert np.abs(X[i] - X[-1]).max() > 1e-4, conditions[i]
     assert np.abs(X[0] - X[1]).max() > 1e-4  # the combination differs from the single
+    # MADEUP1 (no edge, never perturbed): the fallback rule, input + the mean change of the training perturbations
+    shift = model.module.perturbation_shift.numpy()
+    np.testing.assert_allclose(X[3], ctrl.X.toarray().mean(0) + shift, atol=1e-5)
+    with pytest.warns(UserWarning, match="generic token"):
+        generic = model.predict_perturbation(ctrl, ["MADEUP1+ctrl"], fallback=False)
+    assert np.abs(generic.X[0] - X[3]).max() > 1e-4
+    assert ctrl.uns["genohoption"]["predict_perturbation"]["fallback"] == []
     with pytest.raises(KeyError, match="NOTAGENE"):
         model.predict_perturbation(ctrl, f"{genes[0]}+NOTAGENE")
     single = model.predict_perturbation(ctrl, f"{genes[0]}+ctrl")
@@ -299,3 +309,68 @@ def test_every_gene_predicted_with_short_sequences(hidden):
     assert all(t.shape[1] <= 9 for t in seen)
     covered = torch.cat([t[t >= 0] for t in seen]).unique()
     assert covered.numel() == a.n_vars
+
+
+def test_residual_model_starts_at_the_target_gene_baseline(sim, tmp_path):
+    """residual=True: before training the model predicts TargetGeneBaseline(on="mean") cell by cell."""
+    import torch
+
+    a = sim.copy()
+    gh.GenoHoptionModel.setup_anndata(a, perturbation_key="condition", gene_symbols="gene_name")
+    torch.manual_seed(0)
+    model = gh.GenoHoptionModel(a, d_model=16, n_heads=2, n_layers=1, d_hid=32, n_hops=2, residual=True)
+    baseline = gh.tl.TargetGeneBaseline(on="mean").fit(a, gene_symbols="gene_name")
+    assert float(model.module.target_ratio) == pytest.approx(baseline.ratio) and baseline.ratio < 0.9
+    np.testing.assert_allclose(model.module.perturbation_shift.numpy(), baseline.effect("ctrl"), atol=1e-6)
+    ctrl = a[a.obs["condition"] == "ctrl"][:9].copy()
+    genes = sim.uns["simulation"]["perturbed_genes"]
+    for cond in (f"{genes[0]}+ctrl", f"{genes[1]}+{genes[2]}"):
+        with pytest.warns(UserWarning, match="not been trained"):
+            got = model.predict_perturbation(ctrl, cond)
+        np.testing.assert_allclose(got, baseline.predict_perturbation(ctrl.copy(), cond), atol=1e-5)
+    assert model._task.describe(model.module)["residual"] is True
+    model.train(max_epochs=2, batch_size=32, enable_progress_bar=False)
+    trained = model.predict_perturbation(ctrl, f"{genes[0]}+ctrl")
+    assert np.abs(trained - baseline.predict_perturbation(ctrl.copy(), f"{genes[0]}+ctrl")).max() > 1e-4
+    model.save(tmp_path / "r")
+    loaded = gh.GenoHoptionModel.load(tmp_path / "r")
+    assert loaded.module.residual and loaded.params["residual"] is True
+    np.testing.assert_allclose(loaded.predict_perturbation(ctrl, f"{genes[0]}+ctrl"), trained, atol=1e-5)
+
+
+def test_checkpoint_without_baseline_buffers_loads(trained):
+    """Weights saved before the target-gene baseline existed load with shift 0 and ratio 1."""
+    model, _ = trained
+    state = {k: v for k, v in model.module.state_dict().items()
+             if k not in ("perturbation_shift", "target_ratio")}
+    module = copy.deepcopy(model.module)
+    module.perturbation_shift.fill_(5.0)
+    module.load_state_dict(state, strict=True)
+    assert float(module.perturbation_shift.abs().max()) == 0.0 and float(module.target_ratio) == 1.0
+
+
+@pytest.mark.filterwarnings("ignore:The model has not been trained:UserWarning")
+def test_informative_genes_and_pretraining(hidden):
+    """Which perturbed genes the model knows; pretrain() on control cells changes the backbone only."""
+    import torch
+
+    adata, genes = hidden
+    a = adata.copy()
+    gh.GenoHoptionModel.setup_anndata(a, perturbation_key="condition", gene_symbols="gene_name",
+                                      extra_genes=["MADEUP1", "MADEUP2"])
+    model = gh.GenoHoptionModel(a, d_model=16, n_heads=2, n_layers=1, d_hid=32, n_hops=2)
+    universe = model._task.universe
+    positions = torch.as_tensor([0, universe.find(genes[0]), universe.find("MADEUP1"), -1])
+    assert model.module.informative(positions).tolist() == [True, True, False, True]
+    ctrl = a[a.obs["condition"] == "ctrl"].copy()
+    head = {k: v.clone() for k, v in model.module.state_dict().items() if k.startswith(("decoder.", "pert_encoder."))}
+    emb = model.module.backbone.encoder.embedding.weight.detach().clone()
+    model.pretrain(ctrl, max_epochs=1, batch_size=32, enable_progress_bar=False)
+    assert model.pretrain_history_["train_loss"].shape[0] == 1
+    assert not torch.equal(model.module.backbone.encoder.embedding.weight.detach(), emb)
+    for k, v in head.items():
+        assert torch.equal(model.module.state_dict()[k], v), k
+    # both unknown genes of a double: the fallback; one known gene: the known gene only, with a warning
+    with pytest.warns(UserWarning, match=r"\['MADEUP1', 'MADEUP2'\]"):
+        out = model.predict_perturbation(ctrl[:4].copy(), ["MADEUP1+MADEUP2", f"{genes[0]}+MADEUP1", f"{genes[0]}+ctrl"])
+    np.testing.assert_allclose(out.X[1], out.X[2], atol=1e-6)

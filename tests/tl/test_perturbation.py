@@ -101,8 +101,9 @@ def test_metrics_hand_computed():
     adata = _metric_data()
     pred = pd.DataFrame([[1.0, 3.0, 1.0], [2.0, 2.0, 3.0]], index=["A+ctrl", "A+B"], columns=["A", "B", "C"])
     before = copy.deepcopy(adata)
-    m = gh.tl.perturbation_metrics(adata, pred, n_de=3, subgroups={"unseen_single": ["A+ctrl"],
-                                                                  "combo_seen2": ["A+B"]})
+    ref = np.zeros(3)  # every perturbation is scored here: Systema's reference must be given
+    m = gh.tl.perturbation_metrics(adata, pred, n_de=3, perturbed_reference=ref,
+                                   subgroups={"unseen_single": ["A+ctrl"], "combo_seen2": ["A+B"]})
     # A+ctrl: pred (1, 3, 1), truth (1, 4, 0), ctrl (1, 2, 3): deltas (0, 1, -2) vs (0, 2, -3)
     d1, d2 = np.array([0, 1, -2.0]), np.array([0, 2, -3.0])
     assert m.loc["A+ctrl", "pearson_delta"] == pytest.approx(np.corrcoef(d1, d2)[0, 1])
@@ -116,12 +117,16 @@ def test_metrics_hand_computed():
     assert list(m["subgroup"]) == ["unseen_single", "combo_seen2"]
     # no-change baseline: pearson_delta 0 by GEARS' convention
     ctrl = pd.DataFrame([[1.0, 2.0, 3.0]] * 2, index=["A+ctrl", "A+B"], columns=["A", "B", "C"])
-    base = gh.tl.perturbation_metrics(adata, ctrl, n_de=3)
+    base = gh.tl.perturbation_metrics(adata, ctrl, n_de=3, perturbed_reference=ref)
     assert (base["pearson_delta"] == 0).all()
+    # no change: no recall by construction; its direction is right only where the truth does not change (GEARS'
+    # sign comparison): A+ctrl changes (0, 2, -3) -> 1 of 3, A+B (2, 0, 0) -> 2 of 3
+    assert (base["de_recall"] == 0).all()
+    assert base["direction_accuracy_de"].tolist() == pytest.approx([1 / 3, 2 / 3])
     # top-1 DE gene of A+B is A (the only one changed): pearson of a single value is 0, mse hand-computed
-    m1 = gh.tl.perturbation_metrics(adata, pred, n_de=1)
+    m1 = gh.tl.perturbation_metrics(adata, pred, n_de=1, perturbed_reference=ref)
     assert m1.loc["A+B", "mse_de"] == pytest.approx(1.0)
-    by = gh.tl.perturbation_metrics(adata, pred, n_de=3, by="subgroup",
+    by = gh.tl.perturbation_metrics(adata, pred, n_de=3, by="subgroup", perturbed_reference=ref,
                                     subgroups={"unseen_single": ["A+ctrl"], "combo_seen2": ["A+B"]})
     assert by.loc["all", "mse"] == pytest.approx((2 / 3 + 1 / 3) / 2) and by.loc["all", "n_conditions"] == 2
     pd.testing.assert_frame_equal(adata.obs, before.obs)
@@ -133,29 +138,40 @@ def test_metrics_bad_input():
     pred = pd.DataFrame([[1.0, 3.0, 1.0]], index=["A+ctrl"], columns=["A", "B", "C"])
     one = adata[[0, 1, 2, 4, 5]].copy()  # A+ctrl has one cell
     before = copy.deepcopy(one)
+    ref = np.zeros(3)
     with pytest.raises(ValueError, match="fewer than 2 cells"):
-        gh.tl.perturbation_metrics(one, pred)
+        gh.tl.perturbation_metrics(one, pred, perturbed_reference=ref)
     pd.testing.assert_frame_equal(one.obs, before.obs)
     with pytest.raises(ValueError, match="No control"):
-        gh.tl.perturbation_metrics(adata[2:].copy(), pred)
+        gh.tl.perturbation_metrics(adata[2:].copy(), pred, perturbed_reference=ref)
     with pytest.raises(KeyError, match="no observed"):
-        gh.tl.perturbation_metrics(adata, pred.rename(index={"A+ctrl": "C+ctrl"}))
+        gh.tl.perturbation_metrics(adata, pred.rename(index={"A+ctrl": "C+ctrl"}), perturbed_reference=ref)
+    # the reference is never taken from scored conditions: without a split column it must be given
+    with pytest.raises(ValueError, match="perturbed_reference=None takes Systema's reference from the training"):
+        gh.tl.perturbation_metrics(adata, pred)
+    with pytest.raises(ValueError, match=r"includes scored conditions \['A\+ctrl'\]"):
+        gh.tl.perturbation_metrics(adata, pred, perturbed_reference=["A+ctrl"])
+    # a top DE gene missing from the prediction is an error, not a silent drop
+    with pytest.raises(KeyError, match=r"Top DE genes \['C'\] of 'A\+ctrl' are not among the predicted genes"):
+        gh.tl.perturbation_metrics(adata, pred[["A", "B"]], n_de=3, perturbed_reference=ref)
 
 
 def _systema_data():
-    """_metric_data plus a training perturbation B+ctrl with centroid (2, 2, 2)."""
+    """_metric_data plus a training perturbation B+ctrl with centroid (2, 2, 2), marked in obs["split"]."""
     base = _metric_data()
     extra = ad.AnnData(X=np.full((2, 3), 2.0, np.float32),
                        obs=pd.DataFrame({"condition": ["B+ctrl"] * 2}, index=["c6", "c7"]),
                        var=pd.DataFrame(index=["A", "B", "C"]))
-    return ad.concat([base, extra])
+    adata = ad.concat([base, extra])
+    adata.obs["split"] = np.where(adata.obs["condition"].isin(["ctrl", "B+ctrl"]), "train", "test")
+    return adata
 
 
 def test_systema_and_l2_metrics_hand_computed():
     adata = _systema_data()
     pred = pd.DataFrame([[1.0, 3.0, 1.0], [1.0, 4.0, 1.0]], index=["A+ctrl", "A+B"], columns=["A", "B", "C"])
     m = gh.tl.perturbation_metrics(adata, pred, n_de=3, n_expressed=2)
-    # reference = centroid of the perturbations not scored (B+ctrl): (2, 2, 2)
+    # reference = centroid of the training perturbations (B+ctrl, marked "train" in obs["split"]): (2, 2, 2)
     ref = np.array([2.0, 2.0, 2.0])
     assert m.loc["A+ctrl", "pearson_delta_pert"] == pytest.approx(
         np.corrcoef(np.array([1, 3, 1]) - ref, np.array([1, 4, 0]) - ref)[0, 1])
@@ -181,7 +197,85 @@ def test_systema_and_l2_metrics_hand_computed():
     # a single candidate: no accuracy
     one = gh.tl.perturbation_metrics(adata, pred.loc[["A+ctrl"]], n_de=3)
     assert np.isnan(one.loc["A+ctrl", "centroid_accuracy"])
+    # the split column decides the reference, not which conditions happen to be scored
+    unsplit = adata.copy()
+    del unsplit.obs["split"]
+    with pytest.raises(ValueError, match="has no such column"):
+        gh.tl.perturbation_metrics(unsplit, pred.loc[["A+ctrl"]], n_de=3)
+    pd.testing.assert_frame_equal(gh.tl.perturbation_metrics(unsplit, pred, n_de=3, n_expressed=2,
+                                                             perturbed_reference=["B+ctrl"]), m)
     with pytest.raises(ValueError, match="n_vars"):
         gh.tl.perturbation_metrics(adata, pred, perturbed_reference=np.zeros(2))
     with pytest.raises(ValueError, match="no perturbed cell"):
         gh.tl.perturbation_metrics(adata, pred, centroid_candidates=["Z+ctrl"])
+
+
+def test_new_metrics_hand_computed():
+    """pΔpert without the target gene, DE direction accuracy, DE recall; the control cells of the predictions."""
+    # genes A, B, C, D; control mean (1, 1, 1, 1); A+ctrl (knock-down of A) mean (0, 2, 1, 3); B+ctrl (2, 2, 2, 2)
+    X = np.array([[1, 1, 1, 1], [1, 1, 1, 1], [0, 2, 1, 3], [0, 2, 1, 3], [2, 2, 2, 2], [2, 2, 2, 2]], np.float32)
+    obs = pd.DataFrame({"condition": ["ctrl", "ctrl", "A+ctrl", "A+ctrl", "B+ctrl", "B+ctrl"],
+                        "split": ["train", "train", "test", "test", "train", "train"]},
+                       index=[f"c{i}" for i in range(6)])
+    adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=["A", "B", "C", "D"]))
+    # prediction (0.5, 0.5, 1, 2): changes (-0.5, -0.5, 0, 1) against observed (-1, 1, 0, 2)
+    pred = pd.DataFrame([[0.5, 0.5, 1.0, 2.0]], index=["A+ctrl"], columns=["A", "B", "C", "D"])
+    de = {"A+ctrl": np.array([3, 0, 1])}  # D, A, B (C does not change)
+    m = gh.tl.perturbation_metrics(adata, pred, de_genes=de).loc["A+ctrl"]
+    ref = np.array([2.0, 2.0, 2.0, 2.0])  # B+ctrl, the training perturbation
+    y, yhat = np.array([0, 2, 1, 3.0]), np.array([0.5, 0.5, 1, 2])
+    assert m["pearson_delta_pert"] == pytest.approx(np.corrcoef(yhat - ref, y - ref)[0, 1])
+    # without the target gene A
+    assert m["pearson_delta_pert_excl_target"] == pytest.approx(np.corrcoef((yhat - ref)[1:], (y - ref)[1:])[0, 1])
+    # on the DE genes D, A, B without A: D and B
+    d = [3, 1]
+    assert m["pearson_delta_pert_de_excl_target"] == pytest.approx(np.corrcoef((yhat - ref)[d], (y - ref)[d])[0, 1])
+    # direction on D (+, +), A (-, -), B (-, +): 2 of 3
+    assert m["direction_accuracy_de"] == pytest.approx(2 / 3)
+    # predicted top 3 by |change|: D (1), A (0.5), B (0.5) -> all 3 DE genes recalled
+    assert m["de_recall"] == pytest.approx(1.0)
+    # a prediction changing only C recalls none of D, A, B
+    only_c = pd.DataFrame([[1.0, 1.0, 3.0, 1.0]], index=["A+ctrl"], columns=["A", "B", "C", "D"])
+    assert gh.tl.perturbation_metrics(adata, only_c, de_genes=de).loc["A+ctrl", "de_recall"] == 0.0
+    # the symbols in another column: the target is found there
+    by_symbol = adata.copy()
+    by_symbol.var["symbol"] = ["a", "b", "c", "d"]
+    by_symbol.var_names = ["g1", "g2", "g3", "g4"]
+    renamed = pred.set_axis(["g1", "g2", "g3", "g4"], axis=1)
+    m2 = gh.tl.perturbation_metrics(by_symbol, renamed, de_genes=de, gene_symbols="symbol").loc["A+ctrl"]
+    assert m2["pearson_delta_pert_excl_target"] == pytest.approx(m["pearson_delta_pert_excl_target"])
+
+
+def test_control_cells_of_the_predictions():
+    """The control reference is the cells the predictions start from; a mismatch is an error."""
+    adata = _systema_data()
+    fitted = gh.tl.MeanBaseline().fit(adata[adata.obs["split"] == "train"].copy())
+    ctrl = adata[adata.obs["condition"] == "ctrl"].copy()
+    profiles = fitted.predict_perturbation(ctrl, ["A+ctrl", "A+B"])
+    m = gh.tl.perturbation_metrics(adata, profiles, n_de=3)
+    assert (m["pearson_delta_pert"] == 0).all()  # the mean baseline: 0 by construction
+    one = fitted.predict_perturbation(ctrl[:1].copy(), ["A+ctrl", "A+B"])
+    with pytest.raises(ValueError, match=r"start from \[1\] cells but the control reference has 2"):
+        gh.tl.perturbation_metrics(adata, one, n_de=3)
+    got = gh.tl.perturbation_metrics(adata, one, n_de=3, control_cells=["c0"])
+    assert got.loc["A+ctrl", "pearson_delta"] == pytest.approx(m.loc["A+ctrl", "pearson_delta"])  # same cells here
+    with pytest.raises(ValueError, match="control_cells must name control cells"):
+        gh.tl.perturbation_metrics(adata, one, n_de=3, control_cells=["c2"])
+
+
+def test_top_de_genes_gears_filters():
+    """GEARS' non-zero and non-dropout filters of the DE ranking, on a hand-made case."""
+    # genes: A drops to 0 in P (expressed in control), B is 0 in both, C rises, D unchanged-ish
+    X = np.array([[2, 0, 1, 1.0], [2, 0, 1, 1.2], [2.2, 0, 1.1, 1.1],
+                  [0, 0, 3, 1.0], [0, 0, 3.2, 1.1], [0, 0, 2.9, 1.05]], np.float32)
+    obs = pd.DataFrame({"condition": ["ctrl"] * 3 + ["P+ctrl"] * 3}, index=[f"c{i}" for i in range(6)])
+    adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=["A", "B", "C", "D"]))
+    full = gh.tl.top_de_genes(adata, n_genes=4)["P+ctrl"]
+    assert set(adata.var_names[full[:2]]) == {"A", "C"}
+    non_zero = gh.tl.top_de_genes(adata, n_genes=4, gene_filter="non_zero")["P+ctrl"]
+    assert "A" not in set(adata.var_names[non_zero]) and "B" not in set(adata.var_names[non_zero])
+    non_dropout = gh.tl.top_de_genes(adata, n_genes=4, gene_filter="non_dropout")["P+ctrl"]
+    names = list(adata.var_names[non_dropout])
+    assert "A" not in names and "B" in names and names == [g for g in adata.var_names[full] if g != "A"]
+    with pytest.raises(ValueError, match="gene_filter"):
+        gh.tl.top_de_genes(adata, gene_filter="nope")

@@ -65,7 +65,7 @@ def test_column_split_known_answer():
 @pytest.mark.parametrize(
     ("split", "kwargs", "error", "match"),
     [
-        ("nope", {}, KeyError, "split='nope' is neither 'simulation' nor an obs column"),
+        ("nope", {}, KeyError, "split='nope' is neither 'simulation', 'kfold' nor an obs column"),
         ("simulation", {"perturbation_key": "nope"}, KeyError, "perturbation_key='nope'"),
         ("my_split", {}, ValueError, r"holds \['x'\]; it must hold 'train', 'val' or 'test'"),
         ("all_train", {}, ValueError, "no perturbed condition to test"),

@@ -184,6 +184,11 @@ class GenoHoptionModel(BaseModelClass):
         embedding through a gradient-reversal layer, so the encoder learns embeddings from which the batch
         cannot be told (Ganin & Lempitsky 2015). Needs ``batch_key`` with at least two batches. The
         validation loss that early stopping reads leaves it out; it is logged as ``train_batch_loss``.
+    residual
+        Perturbation models only: predict on top of the target-gene baseline of the training data (the
+        mean change of the training perturbations, the perturbed measured genes scaled by their mean
+        knock-down ratio; :class:`~genohoption.tl.TargetGeneBaseline` with ``on="mean"``), so that the
+        network learns what that baseline misses (default ``False``).
 
     Attributes
     ----------
@@ -252,6 +257,7 @@ class GenoHoptionModel(BaseModelClass):
         loss: Literal["mse", "gears"] = "mse",
         batch_representation: Literal["token", "dsbn", "token+dsbn"] | None = "token+dsbn",
         batch_adversarial: float = 0.0,
+        residual: bool = False,
         registry: dict | None = None,
     ):
         _check_init_args(backbone, attention, max_seq_len, d_model, n_heads, n_layers, d_hid, n_hops,
@@ -609,8 +615,10 @@ class GenoHoptionModel(BaseModelClass):
         (missing ones count as not expressed). For a model set up with ``batch_key`` the cells need that
         column, with batches the model was trained on; the batch embedding and normalisation are shared with
         the pretraining (``batch_representation``), and with ``batch_adversarial`` a discriminator of its own
-        is trained on the CLS embedding. The backbone is changed in place; the classifier is not
-        touched. The history is in :attr:`pretrain_history_` (``train_loss``, ``validation_loss``,
+        is trained on the CLS embedding. The backbone is changed in place; the classifier (a perturbation
+        model's perturbation embedding and decoder) is not touched. A perturbation model is pretrained on
+        control cells (e.g. the screen's), before :meth:`train`: the backbone learns gene-gene covariation
+        from the cells that are plentiful. The history is in :attr:`pretrain_history_` (``train_loss``, ``validation_loss``,
         ``*_mse_token``, ``*_mse_cell``), the weights of the best validation epoch are restored.
 
         To pretrain once and fine-tune many times, set up the corpus without labels
@@ -633,7 +641,7 @@ class GenoHoptionModel(BaseModelClass):
         Raises
         ------
         TypeError
-            For a perturbation model, or a model set up for pretraining (its ``train`` pretrains).
+            For a model set up for pretraining (its ``train`` pretrains).
         ValueError
             For a Geneformer backbone (only the scGPT-style backbone is pretrained here), a
             ``mask_ratio`` outside ``(0, 1)``, data that share no gene with the model, backed data whose
@@ -641,10 +649,10 @@ class GenoHoptionModel(BaseModelClass):
         KeyError
             If the model was set up with ``batch_key`` and the cells lack that column.
         """
-        if not isinstance(self._task, AnnotationTask):
+        if not isinstance(self._task, AnnotationTask | PerturbationTask):
             hint = ("call model.train() to pretrain it" if isinstance(self._task, PretrainingTask)
                     else self._task.wrong_method_hint)
-            raise TypeError(f"pretrain() applies to annotation models: {hint}")
+            raise TypeError(f"pretrain() applies to annotation and perturbation models: {hint}")
         if not 0.0 < float(mask_ratio) < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio!r}.")
         run, task = pretraining_run(self._resolve(adata, warn_untrained=False), self.module, self.registry_,
@@ -931,6 +939,7 @@ class GenoHoptionModel(BaseModelClass):
         *,
         batch_size: int = 128,
         key_prefix: str = K.PERTURBATION_LAYER_PREFIX,
+        fallback: bool = True,
     ) -> np.ndarray | AnnData:
         """Predict the expression of control cells under genetic perturbations.
 
@@ -957,6 +966,14 @@ class GenoHoptionModel(BaseModelClass):
             Cells per forward pass.
         key_prefix
             Prefix of the layer name.
+        fallback
+            A perturbed gene the model has no information about (not measured, no prior edge to a
+            measured gene, not perturbed in the training data, not in a pretrained vocabulary) is named in a
+            warning and left out of its condition; a condition left without genes is predicted by the
+            fallback rule, input + the mean change of the training perturbations (the mean baseline,
+            which is also what the target-gene and prior-network baselines predict for such a gene). The
+            conditions that fell back are recorded. ``False``: such genes get their generic token (joined
+            to every measured gene, without an embedding of their own), with the same warning.
 
         Returns
         -------
@@ -965,7 +982,7 @@ class GenoHoptionModel(BaseModelClass):
         AnnData ``(n_conditions, n_vars)`` of mean predicted profiles, ``obs_names`` = conditions,
         ``var`` = ``adata.var``, ``obs["n_cells"]``. Either way
         ``adata.uns["genohoption"]["predict_perturbation"]`` records the parameters (conditions, layer
-        keys, attention, genes matched).
+        keys, attention, genes matched, the conditions predicted by the fallback rule).
 
         Raises
         ------
@@ -980,11 +997,12 @@ class GenoHoptionModel(BaseModelClass):
         Warns
         -----
         UserWarning
-            If ``adata.obs`` has the model's perturbation column and some cells are not controls.
+            If ``adata.obs`` has the model's perturbation column and some cells are not controls, or a
+            perturbed gene is one the model has no information about (see ``fallback``).
         """
         self._task.require("predict_perturbation")
         return self._task.predict_perturbation(self.module, self._resolve(adata), conditions, batch_size=batch_size,
-                                               key_prefix=key_prefix)
+                                               key_prefix=key_prefix, fallback=fallback)
 
     # ------------------------------------------------------------------ save / load
     def save(

@@ -24,6 +24,7 @@ from .._conditions import (
 )
 from .._validate import check_key, get_matrix, uns_entry
 from ..module import PerturbationModule
+from ..tl._perturbation_baselines import TargetGeneBaseline
 from ._perturbation_data import PerturbationDataSplitter, PerturbationField, registry_universe
 from ._pretrained import load_pretrained_weights
 from ._query import Query, iter_rows
@@ -147,12 +148,16 @@ class PerturbationTask(Task):
         params = self.params
         if params["backbone"] != "scgpt":
             raise ValueError("Perturbation models use backbone='scgpt' (from scratch or pretrained=); drop backbone=.")
-        control_mean = None
+        control_mean = shift = None
+        ratio = 1.0
         setup = self.setup_args
         if adata is not None:
             X = get_matrix(adata, setup["layer"])
             ctrl = control_mask(adata.obs[setup["perturbation_key"]], setup["control_value"])
             control_mean = torch.as_tensor(np.asarray(X[np.flatnonzero(ctrl)].mean(0)).ravel(), dtype=torch.float32)
+            base = training_baseline(adata, setup)
+            shift = torch.as_tensor(base.effect(setup["control_value"]), dtype=torch.float32)
+            ratio = base.ratio
         indptr, indices = graph_tensors(graph, self.n_vars)
         universe = self.universe
         table = condition_gene_indices(list(self._state["categorical_mapping"]), universe, setup["control_value"])
@@ -168,6 +173,9 @@ class PerturbationTask(Task):
             max_seq_len=params["max_seq_len"],
             loss=params["loss"],
             backbone_config=params.get("backbone_config"),
+            perturbation_shift=shift,
+            target_ratio=ratio,
+            residual=params.get("residual", False),
             **backbone_kwargs(params),
         )
         report = _load_pretrained(module, checkpoint, genes, universe) if checkpoint is not None else None
@@ -180,24 +188,64 @@ class PerturbationTask(Task):
     def describe(self, module) -> dict[str, Any]:
         """Conditions, loss and the unmeasured genes that can be perturbed."""
         return {"conditions": len(self._state["categorical_mapping"]), "unmeasured genes": module.n_extra,
-                "loss": self.params["loss"]}
+                "loss": self.params["loss"], "residual": module.residual}
 
     # ---------------------------------------------------------------- prediction
     @torch.inference_mode()
-    def _predict_condition(self, module, X, pert_genes: np.ndarray, batch_size: int) -> np.ndarray:
-        """``(n_obs, n_genes)`` predicted expression of every gene for one condition, in model gene order."""
+    def _predict_condition(self, module, X, pert_genes: np.ndarray, batch_size: int, fall_back: bool = False
+                           ) -> np.ndarray:
+        """``(n_obs, n_genes)`` predicted expression of every gene for one condition, in model gene order.
+
+        ``pert_genes`` ``(1, max_genes)``; ``fall_back``: the fallback ``x + Δ`` instead of the model.
+        """
         module.eval()
         out = np.empty(X.shape, dtype=np.float32)
         pg = torch.as_tensor(pert_genes, dtype=torch.int64, device=module.device)
         start = 0
         for x in iter_rows(X, batch_size, module.device):
-            pred = module.predict(x, pg.expand(x.shape[0], -1))
+            pred = module.fallback(x) if fall_back else module.predict(x, pg.expand(x.shape[0], -1))
             out[start : start + x.shape[0]] = pred.float().cpu().numpy()
             start += x.shape[0]
         return out
 
+    def _uninformative(self, module, conds: list[str], table: np.ndarray, fallback: bool
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """Warn about perturbed genes the model knows nothing about; with ``fallback``, drop them from ``table``.
+
+        Returns the table to predict with (``-1`` = no gene) and which conditions fall back to ``x + Δ``
+        (those whose every gene was dropped; never the control condition).
+        """
+        pos = torch.as_tensor(table, dtype=torch.int64, device=module.device)
+        known = module.informative(pos).cpu().numpy() | (table < 0)
+        none = np.zeros(len(conds), dtype=bool)
+        if known.all():
+            return table, none
+        universe = self.universe
+        names = sorted({str(universe.extra[p - universe.n_measured]) for p in table[~known]})
+        hit = [c for c, row in zip(conds, known, strict=True) if not row.all()]
+        if fallback:
+            had_genes = (table >= 0).any(1)
+            table = np.where(known, table, -1)
+            falls = had_genes & (table < 0).all(1)
+            whole = [c for c, f in zip(conds, falls, strict=True) if f]
+            rule = (f"{len(whole)} of them ({whole[:5]!r}{' …' if len(whole) > 5 else ''}) are predicted by the fallback "
+                    "rule, input + the mean change of the training perturbations (the mean baseline); in the others "
+                    "these genes are left out")
+        else:
+            falls = none
+            rule = "they are predicted from a generic token joined to every measured gene (fallback=False)"
+        warnings.warn(
+            f"The model has no information about the perturbed genes {names[:10]!r}{' …' if len(names) > 10 else ''}: "
+            "not measured, no prior edge to a measured gene, not perturbed in the training data, not in a pretrained "
+            f"vocabulary. They occur in {len(hit)} conditions; {rule}.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return table, falls
+
     def predict_perturbation(self, module, query: Query, conditions: str | Sequence[str], *, batch_size: int = 128,
-                             key_prefix: str = K.PERTURBATION_LAYER_PREFIX) -> np.ndarray | AnnData:
+                             key_prefix: str = K.PERTURBATION_LAYER_PREFIX, fallback: bool = True
+                             ) -> np.ndarray | AnnData:
         """Predict perturbed expression (see :meth:`GenoHoptionModel.predict_perturbation`)."""
         adata = query.adata
         conds, single = condition_list(conditions)
@@ -217,29 +265,38 @@ class PerturbationTask(Task):
                 stacklevel=3,
             )
         table = condition_gene_indices(conds, self.universe, control_value, what="conditions")
+        table, falls = self._uninformative(module, conds, table, fallback)
         query_genes = adata.var_names.astype(str)
         same_genes = query_genes.equals(query.var_names)
         if not same_genes:
             pos = query.var_names.get_indexer(query_genes)  # adata gene -> model gene (-1: absent)
             base = get_matrix(adata, query.layer)
         results = []
-        for row in table:
-            pred = self._predict_condition(module, query.X, row[None, :], batch_size)
+        for row, fall_back in zip(table, falls, strict=True):
+            pred = self._predict_condition(module, query.X, row[None, :], batch_size, fall_back)
             if not same_genes:
                 full = base.toarray() if sp.issparse(base) else np.array(base, dtype=np.float32, copy=True)
                 full = full.astype(np.float32, copy=False)
                 has = pos >= 0
                 full[:, has] = pred[:, pos[has]]
                 pred = full
-            results.append(pred if single else pred.mean(0))
+            results.append(pred if single else pred.mean(0, dtype=np.float64))
             del pred
         record = {"conditions": conds, "attention": self.params["attention"],
-                  "n_genes_matched": query.n_genes_matched, "control_value": control_value}
+                  "n_genes_matched": query.n_genes_matched, "control_value": control_value,
+                  "fallback": [c for c, f in zip(conds, falls, strict=True) if f]}
         result = perturbation_result(adata, conds, single, results, key_prefix=key_prefix, record=record,
                                      record_path=(K.UNS_PREDICT_PERTURBATION,))
         if single:
             logger.info("wrote adata.layers[%r]", f"{key_prefix}{conds[0]}")
         return result
+
+
+def training_baseline(adata: AnnData, setup: dict) -> TargetGeneBaseline:
+    """Fit the target-gene baseline (``on="mean"``) on the training data: the base of residual learning and fallback."""
+    return TargetGeneBaseline(on="mean").fit(
+        adata, perturbation_key=setup["perturbation_key"], control_value=setup["control_value"],
+        gene_symbols=setup.get("gene_symbols"), layer=setup["layer"])
 
 
 HEAD_PREFIXES = ("decoder.", "pert_encoder.")

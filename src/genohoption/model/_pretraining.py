@@ -186,8 +186,9 @@ def pretraining_run(query: Query, base: nn.Module, registry: dict, *,
     manager.register_fields(data)
     module = PretrainingModule(
         base.n_genes, base.graph_indptr, base.graph_indices, max_seq_len=base.max_seq_len,
-        mask_ratio=mask_ratio, backbone=base.backbone, n_batches=base.n_batches,
-        batch_adversarial=base.batch_adversarial, batch_inputs=base.batch, conventions=base.conventions,
+        mask_ratio=mask_ratio, backbone=base.backbone, n_batches=getattr(base, "n_batches", 0),  # perturbation: none
+        batch_adversarial=getattr(base, "batch_adversarial", 0.0), batch_inputs=getattr(base, "batch", None),
+        conventions=getattr(base, "conventions", None),
     ).to(base.device)
     task = PretrainingTask(manager.registry, {"attention": module.attention})
     return TrainingRun(module, manager), task

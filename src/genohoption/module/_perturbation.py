@@ -96,6 +96,13 @@ class PerturbationModule(TaskModule):
     the genes do not fit in one sequence it runs several sequences per cell, each with a chunk of the
     genes (a fixed random partition) plus the perturbed genes' tokens.
 
+    Residual learning (``residual=True``): the decoder's output is added to the **target-gene baseline**
+    of the input cell, ``b(x) = x_g · r`` on the measured perturbed genes ``g`` and ``x_j + Δ_j``
+    elsewhere (``Δ`` = ``perturbation_shift``, the mean change of the training perturbations; ``r`` =
+    ``target_ratio``, their mean knock-down ratio: :class:`~genohoption.tl.TargetGeneBaseline` with
+    ``on="mean"``); the decoder's last layer starts at zero, so an untrained model predicts the baseline
+    and training learns what the baseline misses.
+
     Losses on the tokens' genes:
 
     - ``"mse"`` (default, scGPT): mean squared error;
@@ -127,6 +134,14 @@ class PerturbationModule(TaskModule):
     backbone_config
         Architecture of a pretrained scGPT checkpoint (see :func:`genohoption.model.read_pretrained`);
         ``None`` trains from scratch.
+    perturbation_shift
+        ``(n_genes,)`` mean change of the training perturbations from the control mean (``Δ``); stored as
+        a buffer; ``None``: zeros. The base of residual learning and of :meth:`fallback`.
+    target_ratio
+        Mean ratio of a measured perturbed gene's value to its control value in the training
+        perturbations (``r``, default 1); stored as a buffer.
+    residual
+        Predict on top of the target-gene baseline (default ``False``: predict the values directly).
     **backbone_kwargs
         Sizes, dropout and attention arguments of the backbone.
 
@@ -151,6 +166,9 @@ class PerturbationModule(TaskModule):
         gamma: float = 2.0,
         direction_lambda: float = 0.1,
         backbone_config: dict | None = None,
+        perturbation_shift: torch.Tensor | None = None,
+        target_ratio: float = 1.0,
+        residual: bool = False,
         **backbone_kwargs,
     ):
         super().__init__(graph_indptr, graph_indices)
@@ -183,6 +201,58 @@ class PerturbationModule(TaskModule):
         self.register_buffer("extra_to_token", torch.full((n_extra,), -1, dtype=torch.int64))
         self.own_embedding = nn.Embedding(own.numel() + 1, d_model, padding_idx=own.numel())
         nn.init.zeros_(self.own_embedding.weight)
+        shift = torch.zeros(n_genes) if perturbation_shift is None else perturbation_shift.float().clone()
+        self.register_buffer("perturbation_shift", shift)
+        self.register_buffer("target_ratio", torch.tensor(float(target_ratio)))
+        self.residual = bool(residual)
+        if self.residual:  # start at the baseline
+            last = self.decoder.fc[-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+
+    BASELINE_BUFFERS = ("perturbation_shift", "target_ratio")
+    """Buffers of the target-gene baseline; checkpoints saved without them load with ``Δ = 0``, ``r = 1``."""
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in self.BASELINE_BUFFERS:
+            if prefix + name not in state_dict:
+                state_dict[prefix + name] = torch.zeros_like(getattr(self, name)) if name == "perturbation_shift" \
+                    else torch.ones_like(getattr(self, name))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def baseline(self, x: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+        """Target-gene baseline ``(B, n_genes)``: ``x · r`` on the flagged genes, ``x + Δ`` elsewhere.
+
+        Parameters
+        ----------
+        x
+            ``(B, n_genes)`` input (control) expression.
+        flags
+            ``(B, n_genes)`` bool, the measured perturbed genes.
+        """
+        x = x.float()
+        ratio = self.target_ratio.to(x.dtype)
+        return torch.where(flags, x * ratio, x + self.perturbation_shift.to(x.dtype))
+
+    def fallback(self, x: torch.Tensor) -> torch.Tensor:
+        """Prediction for a perturbation the model knows nothing about: ``x + Δ`` (the mean baseline), ``(B, n_genes)``."""
+        return x.float() + self.perturbation_shift.to(torch.float32)
+
+    def informative(self, pert_genes: torch.Tensor) -> torch.Tensor:
+        """Whether the model has information about each perturbed gene (``(…,)`` universe positions → bool).
+
+        A measured gene is informative; an unmeasured one is when it has an edge to a measured gene, was
+        perturbed in the training data (an embedding of its own) or is in a pretrained vocabulary. ``-1``
+        (no gene) counts as informative.
+        """
+        pg = pert_genes.long()
+        k = (pg - self.n_genes).clamp(min=0, max=max(self.n_extra - 1, 0))
+        if self.n_extra == 0:
+            return pg < self.n_genes
+        has_edges = (self.universe_indptr[k + 1] - self.universe_indptr[k]) > 0
+        own = self.extra_slot[k] < self.own_embedding.num_embeddings - 1
+        vocab = self.extra_to_token[k] >= 0
+        return (pg < self.n_genes) | has_edges | own | vocab
 
     @property
     def n_extra(self) -> int:
@@ -310,7 +380,15 @@ class PerturbationModule(TaskModule):
         flags, extra = self._split(pert_genes)
         length = self.n_genes + 1 if self.max_seq_len is None else self.max_seq_len
         tokens = tokenize(x, length, cls_token=True, sample=self.training, force=flags, include_zero=True)
-        return self._run(tokens, self._values(x), flags, extra)
+        out = self._run(tokens, self._values(x), flags, extra)
+        if self.residual:
+            out["pred"] = out["pred"] + self._token_baseline(x, flags, out["genes"])
+        return out
+
+    def _token_baseline(self, x: torch.Tensor, flags: torch.Tensor, genes: torch.Tensor) -> torch.Tensor:
+        """Return the baseline value of each token's gene ``(B, L)`` (0 at CLS, padding, unmeasured genes' tokens)."""
+        base = torch.gather(self.baseline(x, flags), 1, genes.clamp(min=0))
+        return base * (genes >= 0)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, pert_genes: torch.Tensor) -> torch.Tensor:
@@ -340,6 +418,8 @@ class PerturbationModule(TaskModule):
             tokens = tokenize(x * keep, int(keep.sum(1).max()) + 1, cls_token=True, force=keep)
             res = self._run(tokens, values, flags, extra)
             genes = res["genes"]
+            if self.residual:
+                res["pred"] = res["pred"] + self._token_baseline(x, flags, genes)
             own = (genes >= 0) & in_chunk[genes.clamp(min=0)]
             out[rows.expand_as(genes)[own], genes[own]] = res["pred"][own].to(out.dtype)
         return out

@@ -1,8 +1,9 @@
 """Simple baselines of perturbation prediction, with the call shape of ``model.predict_perturbation``.
 
 Each baseline is fitted on training cells (control cells and perturbed cells, GEARS conditions) and
-predicts a *change* ``Δ_p`` (``(n_vars,)``) for a condition ``p``; the prediction for a control cell
-``x`` is ``x + Δ_p``, so the mean prediction over control cells is their mean plus ``Δ_p``. This is
+predicts a *change* ``Δ_p`` (``(n_vars,)``) and a *scale* ``s_p`` (``(n_vars,)``, 1 but for the
+target-gene baseline) for a condition ``p``; the prediction for a control cell ``x`` is
+``s_p · x + Δ_p``, so the mean prediction over control cells is ``s_p`` times their mean plus ``Δ_p``. This is
 how the model is used (control cells in, perturbed cells out) and lets every figure be computed the
 same way for the model and its baselines. Plain numpy (no torch).
 """
@@ -165,11 +166,16 @@ class PerturbationBaseline:
         """Predicted change ``Δ_p`` of every training gene under ``condition``, ``(n_vars,)``."""
         raise NotImplementedError
 
+    def scale(self, condition: str) -> np.ndarray:
+        """Factor ``s_p`` of every training gene's input value under ``condition``, ``(n_vars,)``; 1 here."""
+        self._check_fitted()
+        return np.ones(len(self.var_names))
+
     def predict_perturbation(self, adata: AnnData, conditions: str | Sequence[str], *,
                              key_prefix: str | None = None) -> np.ndarray | AnnData:
         """Predict the expression of control cells under perturbations (as ``model.predict_perturbation``).
 
-        The prediction for a cell is its expression plus the baseline's change :meth:`effect`. Genes are
+        The prediction for a cell ``x`` is ``s_p · x + Δ_p`` (:meth:`scale`, :meth:`effect`). Genes are
         matched to the training genes by name; genes the baseline was not fitted on keep their value.
         Everything is computed before anything is written.
 
@@ -182,7 +188,8 @@ class PerturbationBaseline:
             predicted profiles returned, nothing written to layers).
         key_prefix
             Prefix of the layer name; default the baseline's own (``"no_change_"``, ``"mean_"``,
-            ``"additive_"``, ``"linear_"``).
+            ``"additive_"``, ``"linear_"``, ``"target_gene_control_"``, ``"target_gene_mean_"``,
+            ``"prior_network_"``, ``"matching_mean_"``).
 
         Returns
         -------
@@ -217,19 +224,21 @@ class PerturbationBaseline:
         has = pos >= 0
         if not has.any():
             raise ValueError("adata shares no gene with the training data (var_names matched by name).")
-        effects = []
+        effects, scales = [], []
         for c in conds:
-            full = np.zeros(adata.n_vars)
+            full, factor = np.zeros(adata.n_vars), np.ones(adata.n_vars)
             full[has] = self.effect(c)[pos[has]]
+            factor[has] = self.scale(c)[pos[has]]
             effects.append(full)
+            scales.append(factor)
         record = {"conditions": conds, "method": type(self).__name__, "n_genes_matched": int(has.sum()),
                   "n_training_conditions": len(self.training_conditions)}
         if single:
             dense = X.toarray() if sp.issparse(X) else np.asarray(X)
-            predictions = [(dense + effects[0]).astype(np.float32)]
-        else:  # the mean of (cell + effect) over cells: mean + effect
-            mean = np.asarray(X.mean(0)).ravel().astype(np.float64)
-            predictions = [mean + e for e in effects]
+            predictions = [(dense * scales[0] + effects[0]).astype(np.float32)]
+        else:  # the mean of (s * cell + effect) over cells: s * mean + effect
+            mean = _mean_rows(X, np.arange(adata.n_obs))
+            predictions = [mean * f + e for f, e in zip(scales, effects, strict=True)]
         return perturbation_result(adata, conds, single, predictions, key_prefix=prefix, record=record,
                                    record_path=(K.UNS_PERTURBATION_BASELINE, self.name))
 
@@ -324,8 +333,10 @@ class LinearBaseline(PerturbationBaseline):
 
     Unmeasured perturbed genes (no row of ``G``; the authors' model cannot predict them): ``p`` is the
     mean ``G`` row of the measured genes joined to the gene in the ``prior`` network (its regulators and
-    targets), as the model reaches them; a gene with no such neighbour gets ``p = 0``, the mean change.
-    This applies to training conditions too. A combination's ``p`` is the sum of its genes' embeddings.
+    targets), as the model reaches them; a gene of the network or of ``extra_genes`` with no such
+    neighbour gets ``p = 0``, the mean change. This applies to training conditions too. A combination's
+    ``p`` is the sum of its genes' embeddings. A gene that is neither measured nor in the network nor in
+    ``extra_genes`` is an error (:meth:`effect` raises ``KeyError``), not a silent mean change.
 
     Parameters
     ----------
@@ -336,13 +347,16 @@ class LinearBaseline(PerturbationBaseline):
     prior
         Prior network giving unmeasured genes' neighbours (see :func:`genohoption.pp.read_prior`;
         ``"default"``: the packaged OmniPath network; ``None``: none).
+    extra_genes
+        More symbols that may be perturbed although neither measured nor in ``prior`` (predicted as the
+        mean change), as ``setup_anndata(extra_genes=)`` for the model.
     """
 
     name = "linear"
     key_prefix = K.LINEAR_LAYER_PREFIX
 
     def __init__(self, n_components: int = 10, ridge: float = 0.1,
-                 prior: pd.DataFrame | str | os.PathLike | None = "default"):
+                 prior: pd.DataFrame | str | os.PathLike | None = "default", extra_genes: Sequence[str] = ()):
         super().__init__()
         if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
             raise ValueError(f"n_components must be a positive integer, got {n_components!r}.")
@@ -351,12 +365,17 @@ class LinearBaseline(PerturbationBaseline):
         self.n_components = n_components
         self.ridge = float(ridge)
         self.prior = prior
+        self.extra_genes = tuple(str(g) for g in extra_genes)
         self.universe: GeneUniverse | None = None
 
     def _gene_embedding(self, gene: str) -> np.ndarray:
         pos = self.universe.find(gene)
         if pos is None:
-            return np.zeros(self.G.shape[1])
+            raise KeyError(
+                f"Perturbed gene {gene!r} is neither measured nor in the prior network nor in extra_genes: the "
+                f"linear baseline has nothing to embed it with. Pass LinearBaseline(extra_genes=[{gene!r}]) to "
+                "predict it as the mean change of the training perturbations."
+            )
         if pos < self.universe.n_measured:
             return self.G[pos]
         nb = self.universe.neighbors(pos)
@@ -374,7 +393,7 @@ class LinearBaseline(PerturbationBaseline):
             from ..pp import read_prior
 
             network = read_prior(self.prior)
-        self.universe = gene_universe(self.symbols, network)
+        self.universe = gene_universe(self.symbols, network, self.extra_genes)
         M = self.pseudobulk.to_numpy().T  # genes × conditions (control first)
         Mc = M - M.mean(0, keepdims=True)
         k = max(1, min(self.n_components, *Mc.shape))
@@ -395,14 +414,204 @@ class LinearBaseline(PerturbationBaseline):
         return self.G @ (self.W @ self._embed(condition)) + self.b
 
 
-BASELINES = {cls.name: cls for cls in (NoChangeBaseline, MeanBaseline, AdditiveBaseline, LinearBaseline)}
+class TargetGeneBaseline(PerturbationBaseline):
+    """Control (or the mean of the training perturbations) with only the perturbed genes' own values scaled.
+
+    For a condition whose perturbed genes ``T`` are measured, the prediction for a control cell ``x`` is
+    ``x_g · r`` for ``g ∈ T`` and ``x_g + Δ_g`` for the other genes, with ``Δ = 0`` (``on="control"``) or
+    ``Δ`` the mean change of the training perturbations (``on="mean"``, :class:`MeanBaseline`). The ratio
+    ``r = mean over (q, g) of ȳ_q[g] / c̄[g]`` is fitted on the training conditions ``q`` whose perturbed
+    genes ``g`` are measured (and expressed in control, ``c̄[g] > 0``): below 1 for knock-downs and
+    knock-outs, above 1 for activation. Without such a training condition ``r = 1``. For unmeasured genes
+    the prediction is the no-change (``on="control"``) or mean baseline (``on="mean"``). It is the
+    strongest simple baseline of knock-down screens whose targets are measured: the target gene is
+    usually the top differentially expressed gene of its own knock-down.
+
+    Parameters
+    ----------
+    on
+        ``"control"`` or ``"mean"``: what the other genes are predicted as.
+
+    Attributes
+    ----------
+    ratio
+        ``r``, after :meth:`~PerturbationBaseline.fit`.
+    n_ratio_pairs
+        Number of (training condition, measured perturbed gene) pairs ``r`` averages.
+    """
+
+    name = "target_gene"
+    key_prefix = K.TARGET_GENE_CONTROL_LAYER_PREFIX
+    ON = ("control", "mean")
+
+    def __init__(self, on: str = "control"):
+        super().__init__()
+        if on not in self.ON:
+            raise ValueError(f"on={on!r} is unknown; choose one of {self.ON}.")
+        self.on = on
+        self.name = f"target_gene_{on}"
+        self.key_prefix = K.TARGET_GENE_CONTROL_LAYER_PREFIX if on == "control" else K.TARGET_GENE_MEAN_LAYER_PREFIX
+        self.ratio = 1.0
+        self.n_ratio_pairs = 0
+
+    def _fit(self) -> None:
+        changes = self._changes()
+        self._delta = (changes.mean(0).to_numpy() if len(changes) and self.on == "mean"
+                       else np.zeros(len(self.var_names)))
+        ratios = []
+        for c, positions in zip(self.training_conditions, self._targets(self.training_conditions), strict=True):
+            for g in positions:
+                if self.control_mean[g] > 0:
+                    ratios.append(self.pseudobulk.loc[c].iloc[g] / self.control_mean[g])
+        self.ratio = float(np.mean(ratios)) if ratios else 1.0
+        self.n_ratio_pairs = len(ratios)
+
+    def _targets(self, conditions: Sequence[str]) -> list[np.ndarray]:
+        from ._perturbation import target_positions
+
+        return target_positions(conditions, self.symbols, self.control_value)
+
+    def effect(self, condition: str) -> np.ndarray:
+        """``Δ`` (0 or the mean change), 0 on the condition's measured perturbed genes."""
+        self._check_fitted()
+        out = self._delta.copy()
+        out[self._targets([condition])[0]] = 0.0
+        return out
+
+    def scale(self, condition: str) -> np.ndarray:
+        """``r`` on the condition's measured perturbed genes, 1 elsewhere."""
+        self._check_fitted()
+        out = np.ones(len(self.var_names))
+        out[self._targets([condition])[0]] = self.ratio
+        return out
+
+
+def _neighbor_sets(network: pd.DataFrame | None) -> dict[str, set[str]]:
+    """Upper-case symbol → the upper-case symbols joined to it in ``network`` (either direction, no self)."""
+    out: dict[str, set[str]] = {}
+    if network is None or not len(network):
+        return out
+    src = network["source"].astype(str).str.upper().to_numpy()
+    tgt = network["target"].astype(str).str.upper().to_numpy()
+    for a, b in zip(src, tgt, strict=True):
+        if a != b:
+            out.setdefault(a, set()).add(b)
+            out.setdefault(b, set()).add(a)
+    return out
+
+
+class PriorNetworkBaseline(PerturbationBaseline):
+    """The mean change of the training perturbations of the condition's regulatory neighbours.
+
+    For a condition with perturbed genes ``G``: the training single perturbations ``q`` whose gene is
+    joined to a gene of ``G`` in the ``prior`` network (either direction; symbols matched
+    case-insensitively; a gene of ``G`` itself is not its own neighbour) give ``Δ_p = mean_q (ȳ_q - c̄)``;
+    with no such neighbour, ``Δ_p`` is the mean change of all training perturbations
+    (:class:`MeanBaseline`). Any symbol is accepted.
+
+    Parameters
+    ----------
+    prior
+        Prior regulatory network (see :func:`genohoption.pp.read_prior`; ``"default"``: the packaged
+        OmniPath network; ``None``: none, i.e. the mean baseline).
+    """
+
+    name = "prior_network"
+    key_prefix = K.PRIOR_NETWORK_LAYER_PREFIX
+
+    def __init__(self, prior: pd.DataFrame | str | os.PathLike | None = "default"):
+        super().__init__()
+        self.prior = prior
+
+    def _fit(self) -> None:
+        network = None
+        if self.prior is not None:
+            from ..pp import read_prior
+
+            network = read_prior(self.prior)
+        self._neighbors = _neighbor_sets(network)
+        changes = self._changes()
+        self._mean = changes.mean(0).to_numpy() if len(changes) else np.zeros(len(self.var_names))
+        self._single = {}
+        for c in changes.index:
+            genes = parse_condition(c, self.control_value)
+            if len(genes) == 1:
+                self._single[genes[0].upper()] = changes.loc[c].to_numpy()
+
+    def neighbors(self, condition: str) -> list[str]:
+        """Perturbed genes of the training single perturbations the prediction of ``condition`` averages."""
+        self._check_fitted()
+        genes = {g.upper() for g in parse_condition(condition, self.control_value)}
+        found = set().union(*(self._neighbors.get(g, set()) for g in genes)) - genes
+        return sorted(g for g in found if g in self._single)
+
+    def effect(self, condition: str) -> np.ndarray:
+        """Mean change of the neighbours' training perturbations, else the mean change."""
+        used = self.neighbors(condition)
+        if not used:
+            return self._mean.copy()
+        return np.mean([self._single[g] for g in used], axis=0)
+
+
+class MatchingMeanBaseline(PerturbationBaseline):
+    """Systema's matching mean (Viñas Torné et al., Nat Biotechnol 2025; ``src/run_matching-mean.py``).
+
+    For each perturbed gene of the condition, the centroid of its training single perturbation if there is
+    one, else the mean of all training perturbed cells (pooled, each cell once); the prediction's mean
+    profile is the average of these over the condition's genes, i.e. ``Δ_p`` = that average minus the
+    control mean. For a single perturbation of an unseen gene it is the pooled perturbed mean, which
+    differs from :class:`MeanBaseline` (each condition once) by weighting conditions by their cells.
+    """
+
+    name = "matching_mean"
+    key_prefix = K.MATCHING_MEAN_LAYER_PREFIX
+
+    def _fit(self) -> None:
+        conds = self.training_conditions
+        if conds:
+            weights = self.n_cells[conds].to_numpy(dtype=np.float64)
+            pooled = (self.pseudobulk.loc[conds].to_numpy() * weights[:, None]).sum(0) / weights.sum()
+        else:
+            pooled = self.control_mean.copy()
+        self._pooled = pooled
+        self._single = {}
+        for c in conds:
+            genes = parse_condition(c, self.control_value)
+            if len(genes) == 1:
+                self._single[genes[0]] = self.pseudobulk.loc[c].to_numpy()
+
+    def effect(self, condition: str) -> np.ndarray:
+        """Average of the genes' training centroids (or the pooled perturbed mean) minus the control mean."""
+        self._check_fitted()
+        genes = parse_condition(condition, self.control_value)
+        return np.mean([self._single.get(g, self._pooled) for g in genes], axis=0) - self.control_mean
+
+
+BASELINES = {
+    "no_change": NoChangeBaseline, "mean": MeanBaseline, "additive": AdditiveBaseline, "linear": LinearBaseline,
+    "target_gene_control": TargetGeneBaseline, "target_gene_mean": TargetGeneBaseline,
+    "prior_network": PriorNetworkBaseline, "matching_mean": MatchingMeanBaseline,
+}
+"""Names of :func:`fit_perturbation_baselines`' baselines and their classes."""
+
+
+def _make(name: str, prior, extra_genes: Sequence[str]) -> PerturbationBaseline:
+    cls = BASELINES[name]
+    if cls is LinearBaseline:
+        return cls(prior=prior, extra_genes=extra_genes)
+    if cls is TargetGeneBaseline:
+        return cls(on=name.removeprefix("target_gene_"))
+    if cls is PriorNetworkBaseline:
+        return cls(prior=prior)
+    return cls()
 
 
 def fit_perturbation_baselines(
     adata: AnnData, *, perturbation_key: str = "condition", control_value: str = "ctrl",
     gene_symbols: str | None = None, layer: str | None = None, prior="default",
+    extra_genes: Sequence[str] = (), baselines: Sequence[str] | None = None,
 ) -> dict[str, PerturbationBaseline]:
-    """Fit the four perturbation baselines on the same training cells.
+    """Fit the perturbation baselines on the same training cells.
 
     Parameters
     ----------
@@ -411,16 +620,32 @@ def fit_perturbation_baselines(
     perturbation_key, control_value, gene_symbols, layer
         As for :meth:`PerturbationBaseline.fit`.
     prior
-        Prior network of :class:`LinearBaseline`.
+        Prior network of :class:`LinearBaseline` and :class:`PriorNetworkBaseline`.
+    extra_genes
+        Symbols :class:`LinearBaseline` accepts although neither measured nor in ``prior``.
+    baselines
+        Names to fit (keys of :data:`BASELINES`); ``None``: all of them.
 
     Returns
     -------
     ``{"no_change": NoChangeBaseline, "mean": MeanBaseline, "additive": AdditiveBaseline,
-    "linear": LinearBaseline}``, fitted; each has ``predict_perturbation(ctrl_adata, conditions)``.
+    "linear": LinearBaseline, "target_gene_control": TargetGeneBaseline(on="control"),
+    "target_gene_mean": TargetGeneBaseline(on="mean"), "prior_network": PriorNetworkBaseline,
+    "matching_mean": MatchingMeanBaseline}`` (or the names asked for, in that order), fitted; each has
+    ``predict_perturbation(ctrl_adata, conditions)``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name in ``baselines``, and as :meth:`PerturbationBaseline.fit`.
     """
+    names = list(BASELINES) if baselines is None else list(baselines)
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise ValueError(f"Unknown baselines {unknown!r}; choose among {list(BASELINES)}.")
     fitted = {}
-    for name, cls in BASELINES.items():
-        model = cls(prior=prior) if cls is LinearBaseline else cls()
-        fitted[name] = model.fit(adata, perturbation_key=perturbation_key, control_value=control_value,
-                                 gene_symbols=gene_symbols, layer=layer)
+    for name in [n for n in BASELINES if n in names]:
+        fitted[name] = _make(name, prior, extra_genes).fit(
+            adata, perturbation_key=perturbation_key, control_value=control_value, gene_symbols=gene_symbols,
+            layer=layer)
     return fitted

@@ -175,6 +175,8 @@ def rank_perturbations(
         raise ValueError("ctrl, observed and the predictions share no gene (var_names).")
     base = ctrl_mean[shared].to_numpy()
     d_pred = pred[shared].to_numpy() - base
+    # a prediction equal to the control mean up to float32 round-off (profiles are stored in float32) is no change
+    d_pred[np.abs(d_pred).max(1) <= 1e-6 * max(float(np.abs(base).max()), 1e-30)] = 0.0
     rows = []
     for name, profile in obs[shared].iterrows():
         score = _score(d_pred, profile.to_numpy() - base, metric)

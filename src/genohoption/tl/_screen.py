@@ -6,17 +6,22 @@ import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 
 from .._conditions import control_mask, parse_conditions
 from .._constants import SPLIT_KEY
 from .._validate import check_key, check_obs_key
 from ._perturbation import COMBO_SEEN2_TRAIN_FRACTION, VAL_FRACTION, _simulation_labels, _write_split
+from ._perturbation_stats import perturbation_folds
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
 SIMULATION = "simulation"
 """The ``split`` of :func:`screen_split` that draws GEARS' simulation split."""
+
+KFOLD = "kfold"
+"""The ``split`` of :func:`screen_split` that holds out one of the disjoint folds of :func:`perturbation_folds`."""
 
 SPLIT_VALUES = ("train", "val", "test")
 """Values of a split column, one per cell."""
@@ -37,13 +42,19 @@ def screen_split(
     perturbation_key: str = "condition",
     control_value: str = "ctrl",
     min_cells: int = 2,
+    n_folds: int = 5,
+    fold: int = 0,
+    gene_symbols: str | None = None,
     key_added: str = SPLIT_KEY,
 ) -> tuple[np.ndarray, list[str], dict[str, list[str]] | None]:
     """Training cells and scored test conditions of a perturbation screen.
 
     ``split="simulation"`` draws GEARS' simulation split of the perturbed genes (:func:`perturbation_split`
-    with ``seed`` and ``train_gene_fraction``, its other fractions at GEARS' values); any other ``split``
-    names a column of ``adata.obs`` holding ``"train"``, ``"val"`` or ``"test"`` per cell.
+    with ``seed`` and ``train_gene_fraction``, its other fractions at GEARS' values); ``split="kfold"``
+    holds out fold ``fold`` of the ``n_folds`` disjoint folds of :func:`perturbation_folds` (stratified
+    by measured / unmeasured target, seeded with ``seed``): every condition is held out by exactly one
+    ``fold``; any other ``split`` names a column of ``adata.obs`` holding ``"train"``, ``"val"`` or
+    ``"test"`` per cell.
 
     The training cells are the cells not marked ``"test"`` (``"val"`` cells included: the model holds out
     its own validation cells) and every control cell. The test conditions are the perturbed conditions of
@@ -55,10 +66,10 @@ def screen_split(
     adata
         The screen, ``(n_obs, n_vars)``, with GEARS conditions in ``adata.obs[perturbation_key]``.
     split
-        ``"simulation"`` (default) or the name of an ``adata.obs`` column of ``"train"`` / ``"val"`` /
-        ``"test"``.
+        ``"simulation"`` (default), ``"kfold"`` or the name of an ``adata.obs`` column of ``"train"`` /
+        ``"val"`` / ``"test"``.
     seed
-        Seed of the simulation split (default 1); unused for a column.
+        Seed of the simulation split or of the folds (default 1); unused for a column.
     train_gene_fraction
         Fraction of the perturbed genes seen in training by the simulation split, in ``(0, 1]``
         (default 0.75); unused for a column.
@@ -68,8 +79,15 @@ def screen_split(
         The control condition (default ``"ctrl"``).
     min_cells
         Fewest cells a test condition needs to be scored (default 2).
+    n_folds, fold
+        ``split="kfold"``: the number of folds (default 5) and the one held out, ``0 … n_folds - 1``
+        (default 0).
+    gene_symbols
+        ``split="kfold"``: column of ``adata.var`` with the symbols the conditions use (measured targets
+        stratify the folds); ``None``: ``var_names``.
     key_added
-        ``adata.obs`` column and ``adata.uns`` key written by the simulation split (default ``"split"``).
+        ``adata.obs`` column and ``adata.uns`` key written by the simulation and k-fold splits (default
+        ``"split"``).
 
     Returns
     -------
@@ -78,18 +96,21 @@ def screen_split(
     - ``train_mask``: ``(n_obs,)`` boolean array, the training cells;
     - ``test_conditions``: the scored test conditions, sorted;
     - ``subgroups``: the simulation split's test subgroups (see :func:`perturbation_split`, before the
-      conditions with too few cells are dropped); ``None`` for a column.
+      conditions with too few cells are dropped); ``None`` for a column or k-fold split.
 
     The simulation split also writes ``adata.obs[key_added]`` and ``adata.uns[key_added]`` as
-    :func:`perturbation_split` does; a column split writes nothing.
+    :func:`perturbation_split` does; the k-fold split writes ``adata.obs[key_added]`` (``"train"`` /
+    ``"test"``) and ``adata.uns[key_added]`` (``{"params": ..., "folds": ...}``); a column split writes
+    nothing.
 
     Raises
     ------
     KeyError
-        If ``perturbation_key`` is missing, or ``split`` is neither ``"simulation"`` nor a column of
-        ``adata.obs``.
+        If ``perturbation_key`` or ``gene_symbols`` is missing, or ``split`` is neither ``"simulation"``,
+        ``"kfold"`` nor a column of ``adata.obs``.
     ValueError
-        For malformed conditions, ``train_gene_fraction`` outside ``(0, 1]``, a split column holding
+        For malformed conditions, ``train_gene_fraction`` outside ``(0, 1]``, ``n_folds`` / ``fold`` out of
+        range, a split column holding
         other values than ``"train"``, ``"val"``, ``"test"``, a split leaving no perturbed condition to
         test or to train on, no test condition with ``min_cells`` cells, ``min_cells`` below 1 or an
         invalid ``key_added``. Nothing is written then.
@@ -109,12 +130,25 @@ def screen_split(
             perturbation_key, control_value,
         )
         where = np.asarray(labels).astype(str)
+    elif split == KFOLD:
+        check_key(key_added)
+        folds = perturbation_folds(adata, n_folds, seed=seed, perturbation_key=perturbation_key,
+                                   control_value=control_value, gene_symbols=gene_symbols)
+        if isinstance(fold, bool) or not isinstance(fold, int | np.integer) or not 0 <= fold < n_folds:
+            raise ValueError(f"fold must be an integer in [0, {n_folds}), got {fold!r}.")
+        where = np.where(values.isin(folds[fold]).to_numpy(), "test", "train")
+        labels = pd.Categorical(where, categories=["train", "test"])
+        record = {"params": {"split": KFOLD, "n_folds": int(n_folds), "fold": int(fold), "seed": seed,
+                             "perturbation_key": perturbation_key, "control_value": control_value,
+                             "gene_symbols": gene_symbols},
+                  "folds": folds}
+        subgroups = None
     else:
         if split not in adata.obs:
             raise KeyError(
-                f"split={split!r} is neither {SIMULATION!r} nor an obs column of adata (columns: "
-                f"{list(adata.obs.columns)}); pass {SIMULATION!r} or the column holding 'train', 'val' or 'test' "
-                "per cell."
+                f"split={split!r} is neither {SIMULATION!r}, {KFOLD!r} nor an obs column of adata (columns: "
+                f"{list(adata.obs.columns)}); pass {SIMULATION!r}, {KFOLD!r} or the column holding 'train', 'val' or "
+                "'test' per cell."
             )
         parse_conditions(values, control_value)
         where = adata.obs[split].astype(str).to_numpy()
