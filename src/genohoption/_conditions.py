@@ -212,7 +212,7 @@ class GeneUniverse:
         return cls(measured, state["universe_genes"], state["universe_indptr"], state["universe_indices"])
 
 
-def _case_message(pairs: list[tuple[str, str]], what: str) -> str:
+def case_message(pairs: list[tuple[str, str]], what: str) -> str:
     """Error text for symbols that match a universe gene only with letter case ignored."""
     listed = ", ".join(f"{given!r} → write {meant!r}" for given, meant in pairs[:10])
     more = f" (and {len(pairs) - 10} more)" if len(pairs) > 10 else ""
@@ -295,7 +295,7 @@ def gene_universe(
                     if network_extra[key] != g:
                         aliases[g] = network_extra[key]
         if wrong_case:
-            raise KeyError(_case_message(wrong_case, "extra_genes"))
+            raise KeyError(case_message(wrong_case, "extra_genes"))
         _log_aliases(aliases, "extra_genes")
     extra_keys = sorted(network_extra)
     extra = np.asarray([network_extra[k] for k in extra_keys], dtype=str)
@@ -346,7 +346,7 @@ def condition_gene_indices(
     looked = {g: found.lookup(g) for g in genes}
     wrong_case = [(g, found.symbol(pos)) for g, (pos, how) in looked.items() if how == "case"]
     if wrong_case:
-        raise KeyError(_case_message(wrong_case, what))
+        raise KeyError(case_message(wrong_case, what))
     missing = [g for g, (_, how) in looked.items() if how == "missing"]
     if missing:
         bad = [c for c, gs in parsed.items() if any(g in missing for g in gs)]

@@ -63,6 +63,8 @@ def test_linear_baseline_matches_the_formula():
     # a symbol it cannot embed is an error; named in extra_genes, it is the mean change b
     with pytest.raises(KeyError, match="'NOWHERE' is neither measured nor in the prior network nor in extra_genes"):
         lin.effect("NOWHERE+ctrl")
+    with pytest.raises(KeyError, match="'a' → write 'A'"):  # another letter case is an error naming the symbol
+        lin.effect("a+ctrl")
     known = gh.tl.LinearBaseline(n_components=2, ridge=0.1, prior=prior, extra_genes=["NOWHERE"]).fit(train)
     np.testing.assert_allclose(known.effect("NOWHERE+ctrl"), b, atol=1e-12)
     with pytest.raises(ValueError, match="n_components"):

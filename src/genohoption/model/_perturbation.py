@@ -143,11 +143,18 @@ class PerturbationTask(Task):
         Raises
         ------
         ValueError
-            For a backbone other than scGPT.
+            For a backbone other than scGPT: Geneformer's rank-value tokens carry no expression values to
+            predict a perturbed profile from; :func:`genohoption.tl.in_silico_perturbation` is its perturbation.
         """
         params = self.params
         if params["backbone"] != "scgpt":
-            raise ValueError("Perturbation models use backbone='scgpt' (from scratch or pretrained=); drop backbone=.")
+            raise ValueError(
+                "Perturbation models use backbone='scgpt' (from scratch or pretrained=); drop backbone=. A Geneformer "
+                "backbone reads only the rank order of a cell's genes, not their values, so it has no expression "
+                "output to predict a perturbed profile from (GenoHoption's perturbation results use scGPT). For "
+                "Geneformer's own in silico deletion / overexpression (shifts of the embeddings), train an "
+                "annotation or pretraining model with backbone='geneformer' and use gh.tl.in_silico_perturbation."
+            )
         control_mean = shift = None
         ratio = 1.0
         setup = self.setup_args

@@ -22,6 +22,7 @@ import scipy.sparse as sp
 from .. import _constants as K
 from .._conditions import (
     GeneUniverse,
+    case_message,
     condition_list,
     control_mask,
     gene_universe,
@@ -369,7 +370,9 @@ class LinearBaseline(PerturbationBaseline):
         self.universe: GeneUniverse | None = None
 
     def _gene_embedding(self, gene: str) -> np.ndarray:
-        pos = self.universe.find(gene)
+        pos, how = self.universe.lookup(gene)
+        if how == "case":
+            raise KeyError(case_message([(gene, self.universe.symbol(pos))], "the condition"))
         if pos is None:
             raise KeyError(
                 f"Perturbed gene {gene!r} is neither measured nor in the prior network nor in extra_genes: the "
