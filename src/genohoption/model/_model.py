@@ -149,8 +149,10 @@ class GenoHoptionModel(BaseModelClass):
         Those not given take their defaults: with an official checkpoint, its original pipeline's (scGPT:
         ``<cls>`` value = ``pad_value``, ties binned at random, random gene subset above ``max_seq_len``,
         ``<cls>`` embedding L2-normalised; Geneformer: second-to-last layer, mean of the gene tokens for
-        V1, ``<cls>`` for V2); from scratch, those measured best (``benchmarks/README.md``, section
-        "Conventions"); ``seed`` defaults to ``scvi.settings.seed``. The complete set is saved with the
+        V1, ``<cls>`` for V2); from scratch (scGPT-style), ``<cls>`` value 0, the registered values unbinned,
+        the most expressed genes above ``max_seq_len`` and the last layer's ``<cls>`` output, not normalised
+        (Geneformer-style: the last layer's mean of the gene tokens); ``seed`` defaults to
+        ``scvi.settings.seed`` (0 when unset). The complete set is saved with the
         model (``model.params["conventions"]``).
     loss
         Perturbation models only: ``"mse"`` (scGPT, default) or ``"gears"`` (GEARS autofocus +

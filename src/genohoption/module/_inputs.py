@@ -112,8 +112,8 @@ def default_conventions(backbone: str, config: Mapping | None, seed: int = 0) ->
 
 SCRATCH_SCGPT = Conventions(cls_value=0.0, n_bins=None, bin_ties="random", sampling="top", emb_layer=0,
                             emb_mode="cls", emb_norm=None).to_dict()
-"""Conventions of an scGPT-style model trained from scratch (chosen by measurement: ``benchmarks/README.md``,
-section "Conventions")."""
+"""Conventions of an scGPT-style model trained from scratch: ``<cls>`` value 0, values as registered (no
+binning), the most expressed genes above ``max_seq_len``, the last layer's ``<cls>`` output, not normalised."""
 
 
 def resolve_conventions(backbone: str, config: Mapping | None, given: Mapping | None, *,
