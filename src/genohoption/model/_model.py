@@ -880,23 +880,24 @@ class GenoHoptionModel(BaseModelClass):
 
         Returns
         -------
-        Predicted cell types, categorical, indexed by ``adata.obs_names``. Also writes
+        pandas.Series
+            Predicted cell types, categorical, indexed by ``adata.obs_names``. Also writes:
 
-        - ``adata.obs[key_added]``: predicted cell type (categorical; with ``unknown_threshold``, the
-          category ``"Unknown"`` is added);
-        - ``adata.obs[f"{key_added[:-len('prediction')]}confidence"]`` (``genohoption_confidence`` by
-          default): probability of the predicted type, in [0, 1];
-        - ``adata.obs[f"{key_added[:-len('prediction')]}uncertainty"]`` (``genohoption_uncertainty``):
-          ``1 -`` that probability. After :meth:`calibrate` the probabilities are temperature-scaled, so the
-          uncertainty estimates the chance that the predicted reference type is wrong;
-        - ``adata.obsm["genohoption_probabilities"]``: ``(n_obs, n_classes)`` DataFrame of class
-          probabilities, one column per cell type; a ``/`` in a cell-type name becomes ``|`` in its column
-          name (h5ad files cannot store ``/`` in names);
-        - ``adata.uns["genohoption"]["predict"]``: the parameters of this call (``temperature``,
-          ``unknown_threshold``, ``n_unknown`` among them), and ``"classes"``, the cell types in column
-          order, as named in the reference.
+            - ``adata.obs[key_added]``: predicted cell type (categorical; with ``unknown_threshold``, the
+              category ``"Unknown"`` is added);
+            - ``adata.obs[f"{key_added[:-len('prediction')]}confidence"]`` (``genohoption_confidence`` by
+              default): probability of the predicted type, in [0, 1];
+            - ``adata.obs[f"{key_added[:-len('prediction')]}uncertainty"]`` (``genohoption_uncertainty``):
+              ``1 -`` that probability. After :meth:`calibrate` the probabilities are temperature-scaled, so the
+              uncertainty estimates the chance that the predicted reference type is wrong;
+            - ``adata.obsm["genohoption_probabilities"]``: ``(n_obs, n_classes)`` DataFrame of class
+              probabilities, one column per cell type; a ``/`` in a cell-type name becomes ``|`` in its column
+              name (h5ad files cannot store ``/`` in names);
+            - ``adata.uns["genohoption"]["predict"]``: the parameters of this call (``temperature``,
+              ``unknown_threshold``, ``n_unknown`` among them), and ``"classes"``, the cell types in column
+              order, as named in the reference.
 
-        A view is first made an AnnData of its own (with a warning), as scanpy does.
+            A view is first made an AnnData of its own (with a warning), as scanpy does.
 
         Raises
         ------
