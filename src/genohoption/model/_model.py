@@ -196,8 +196,8 @@ class GenoHoptionModel(BaseModelClass):
         :class:`~genohoption.model.PretrainedReport` (matched / missing / unexpected keys, shape
         mismatches, genes matched) when ``pretrained`` was given, else ``None``.
     value_scale_
-        Scale of the registered expression values (``max``, ``mean_nonzero``, ``integer``; see
-        :func:`genohoption._validate.value_scale`), saved with the model; :meth:`predict` and
+        Scale of the registered expression values (``max``, ``mean_nonzero``, ``integer``: the
+        largest value, the mean of the non-zero values and whether all are integers), saved with the model; :meth:`predict` and
         :meth:`get_latent_representation` warn when a query's values are clearly on another scale.
     history_
         Per-epoch training metrics (dict of DataFrames): ``train_loss``, ``validation_loss``, and for
@@ -217,7 +217,7 @@ class GenoHoptionModel(BaseModelClass):
         If a file of the ``pretrained`` checkpoint is missing.
     genohoption.model.CheckpointError
         If the checkpoint does not fit (missing keys, wrong shapes), naming the keys.
-    genohoption._safe_pickle.UnsafePickleError
+    pickle.UnpicklingError
         If a checkpoint file carries code (it is not executed).
 
     Examples
@@ -874,7 +874,7 @@ class GenoHoptionModel(BaseModelClass):
         key_added
             Column of ``adata.obs`` for the predicted cell type.
         unknown_threshold
-            Call cells whose uncertainty exceeds this value ``"Unknown"`` (:data:`genohoption._constants.UNKNOWN_LABEL`):
+            Call cells whose uncertainty exceeds this value ``"Unknown"``:
             a number in ``[0, 1]``, or ``"calibrated"`` for the threshold :meth:`calibrate` chose on held-out
             reference cells. ``None`` (default): every cell gets a reference type.
 
