@@ -20,6 +20,9 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE / "_ext"))
 
 from inventories import intersphinx_mapping as _local_inventories  # noqa: E402
+from method_figure import draw as _draw_method_figure  # noqa: E402
+
+_draw_method_figure(HERE / "_figures" / "method.svg")  # docs/method.md shows it; not stored in git
 
 info = metadata("genohoption")
 project = "genohoption"
@@ -56,7 +59,7 @@ nb_merge_streams = True
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 templates_path = ["_templates"]
 # tutorials/unexecuted: notebooks not yet run (stored executed, they move to tutorials/)
-exclude_patterns = ["_build", "_ext", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "tutorials/unexecuted"]
+exclude_patterns = ["_build", "_ext", "_figures", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "tutorials/unexecuted"]
 suppress_warnings = ["myst.header", "mystnb.unknown_mime_type"]
 nitpicky = False
 
