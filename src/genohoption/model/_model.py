@@ -95,9 +95,15 @@ class GenoHoptionModel(BaseModelClass):
         Heat-kernel diffusion time (default 5.0).
     normalize_heat
         Rescale the truncated heat-kernel weights ``e^{-t} Σ_{k≤K} t^k/k!`` to sum to 1.
-    d_model, n_heads, n_layers, d_hid
-        Width, attention heads, layers and feed-forward width of the backbone. The defaults are a
-        small model that trains on 2 CPU cores in minutes.
+    d_model
+        Width of the backbone (embedding and attention). The size defaults are a small model that
+        trains on 2 CPU cores in minutes.
+    n_heads
+        Attention heads per layer; must divide ``d_model``.
+    n_layers
+        Transformer layers.
+    d_hid
+        Width of each layer's feed-forward block.
     dropout
         Dropout probability (default 0, for small models trained from scratch; scGPT fine-tunes
         pretrained weights with 0.2).
