@@ -79,6 +79,7 @@ html_theme_options = {
     "repository_url": "https://github.com/genohoption/genohoption",
     "use_repository_button": True,
     "show_toc_level": 2,
+    "max_navbar_depth": 2,  # the sidebar stops at the API pages; their tables list the functions
     "navigation_with_keys": False,
 }
 html_context = {"default_mode": "light"}
