@@ -31,9 +31,11 @@ MAX_LINE = 88
 
 
 def unprinted_figures(nb: dict) -> list[str]:
-    """Numbers with 2-3 decimals in the markdown cells that no code cell's output shows (as printed)."""
-    printed = "\n".join(text for cell in nb["cells"] if cell["cell_type"] == "code"
-                         for output in cell.get("outputs", []) for _, text in _output_texts(output))
+    """Numbers with 2-3 decimals in the markdown cells that no code cell shows: neither an output (a result, as
+    printed) nor the code (a setting such as ``alpha=0.25``)."""
+    code = [cell for cell in nb["cells"] if cell["cell_type"] == "code"]
+    printed = "\n".join([text for cell in code for output in cell.get("outputs", [])
+                          for _, text in _output_texts(output)] + [_text(cell.get("source", "")) for cell in code])
     quoted = {m.group(0) for cell in nb["cells"] if cell["cell_type"] == "markdown"
               for m in FIGURE.finditer(_text(cell.get("source", "")))}
     return sorted(q for q in quoted if q not in printed and q.lstrip("-") not in printed)
