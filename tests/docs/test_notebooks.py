@@ -1,14 +1,16 @@
-"""The tutorials are stored executed (docs/conf.py: ``nb_execution_mode = "off"``): readers see their outputs.
+"""The tutorials are stored executed (docs/conf.py: ``nb_execution_mode = "off"``), and a slow test runs them again.
 
 Fast checks on the stored JSON, nothing is executed: every code cell ran, in order, without error; no output
-leaks a local path, progress-bar noise or Lightning's INFO lines; no cell uses a name the package removed or
-silences every warning (a warning is filtered by its message, with a comment saying why).
+leaks a local path, progress-bar noise, warnings or Lightning's INFO lines; no cell sets up the machine (threads,
+loggers, warning filters); code lines fit 88 columns; every figure the text quotes (a number with 2-3 decimals)
+is printed by a cell of the notebook; no cell uses a name the package removed.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,22 @@ PROGRESS = re.compile(r"it/s\]|s/it\]|Epoch \d+/\d+|%\|")
 LIGHTNING_INFO = re.compile(r"GPU available:|TPU available:|💡 Tip|litlogger")
 BLANKET_FILTER = re.compile(r"""warnings\.(?:filterwarnings|simplefilter)\(\s*["']ignore["']\s*\)""")
 REMOVED_NAMES = ("prior_network", "accuracy_validation", "accuracy_train", "data.parse_condition")
+MACHINE_SETUP = re.compile(r"set_num_threads|NUMBA_NUM_THREADS|warnings\.(?:filterwarnings|simplefilter)|"
+                           r"logging\.getLogger\(.*\)\.setLevel|\.\./shared/data|GENOHOPTION_SHARED_DATA")
+WARNING_TEXT = re.compile(r"\w+Warning:")
+FIGURE = re.compile(r"(?<![\w.])-?\d+\.\d{2,3}(?!\d)")
+MAX_LINE = 88
+
+
+def unprinted_figures(nb: dict) -> list[str]:
+    """Numbers with 2-3 decimals in the markdown cells that no code cell shows: neither an output (a result, as
+    printed) nor the code (a setting such as ``alpha=0.25``)."""
+    code = [cell for cell in nb["cells"] if cell["cell_type"] == "code"]
+    printed = "\n".join([text for cell in code for output in cell.get("outputs", [])
+                          for _, text in _output_texts(output)] + [_text(cell.get("source", "")) for cell in code])
+    quoted = {m.group(0) for cell in nb["cells"] if cell["cell_type"] == "markdown"
+              for m in FIGURE.finditer(_text(cell.get("source", "")))}
+    return sorted(q for q in quoted if q not in printed and q.lstrip("-") not in printed)
 
 
 def _text(value) -> str:
@@ -64,6 +82,13 @@ def check_notebook(path: Path) -> list[str]:
                 problems.append(f"cell {i} uses the removed name {name!r}")
         if cell["cell_type"] == "code" and BLANKET_FILTER.search(source):
             problems.append(f"cell {i} ignores every warning: filter the one warning (message=...), say why")
+        if cell["cell_type"] == "code" and (m := MACHINE_SETUP.search(source)):
+            problems.append(f"cell {i} sets up the machine or reads local data ({m.group(0)!r}): the package "
+                            "must be quiet and the data come from gh.datasets")
+        if cell["cell_type"] == "code":
+            long = [n for n, line in enumerate(source.splitlines()) if len(line) > MAX_LINE]
+            if long:
+                problems.append(f"cell {i} has lines over {MAX_LINE} characters (lines {long})")
         for output in cell.get("outputs", []):
             if output["output_type"] == "error":
                 problems.append(f"cell {i} has an error output: {output.get('ename')}: "
@@ -76,9 +101,13 @@ def check_notebook(path: Path) -> list[str]:
                     problems.append(f"cell {i} {kind} holds a carriage return (progress bar)")
                 if m := PROGRESS.search(text):
                     problems.append(f"cell {i} {kind} holds progress-bar text: {m.group(0)!r}")
+                if kind.startswith("stream") and (m := WARNING_TEXT.search(text)):
+                    problems.append(f"cell {i} {kind} shows a warning: {m.group(0)!r}")
                 if m := LIGHTNING_INFO.search(text):
                     problems.append(f"cell {i} {kind} holds Lightning INFO output ({m.group(0)!r}): "
                                     "raise the 'lightning.pytorch' logger to WARNING")
+    if missing := unprinted_figures(nb):
+        problems.append(f"the text quotes figures no cell prints: {missing}")
     return problems
 
 
@@ -116,8 +145,38 @@ def test_checker_catches_dirty_notebooks(tmp_path):
         "lightning info": notebook(outputs=[stream("GPU available: False, used: False\n")]),
         "blanket filter": notebook(source='import warnings\nwarnings.filterwarnings("ignore")'),
         "out of order": notebook(count=2),
+        "threads": notebook(source="torch.set_num_threads(1)"),
+        "long line": notebook(source="x = " + "1" * 90),
+        "warning": notebook(outputs=[stream("x.py:3: UserWarning: careful\n")]),
+        "figure not printed": {**notebook(outputs=[stream("accuracy 0.812\n")]),
+                               "cells": [*notebook(outputs=[stream("accuracy 0.812\n")])["cells"],
+                                         {"cell_type": "markdown", "metadata": {}, "source": "reaches 0.862"}]},
     }
     for name, nb in cases.items():
         path = tmp_path / f"{name}.ipynb"
         path.write_text(json.dumps(nb))
         assert bool(check_notebook(path)) == (name != "clean"), name
+
+
+# ------------------------------------------------------------------ executed (slow)
+EXECUTED = sorted(TUTORIALS.glob("*.ipynb"))
+# stored unexecuted until it has been run on a quiet machine (then: executed, in tutorials/ and its index)
+UNEXECUTED = sorted((TUTORIALS / "unexecuted").glob("*.ipynb"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", EXECUTED + UNEXECUTED, ids=[p.stem for p in EXECUTED + UNEXECUTED])
+def test_tutorial_executes_and_prints_what_its_text_quotes(path, tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    copy = tmp_path / path.name
+    shutil.copy(path, copy)
+    nb = nbformat.read(copy, as_version=4)
+    nbclient.NotebookClient(nb, timeout=2400, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors
+    if path in EXECUTED:
+        assert not unprinted_figures(nb), "the text quotes figures this run did not print"

@@ -274,6 +274,9 @@ def start_training(args: argparse.Namespace) -> None:
     import scvi
     import torch
 
+    from ..model import _fit
+
+    _fit.SHOW_ROUTINE_INFO = bool(args.verbose)
     if not args.verbose:
         _quiet_third_parties()
     if args.threads is not None:

@@ -59,7 +59,7 @@ def add_parser(sub) -> None:
             "training cells, train a GenoHoption perturbation model on the seen perturbations, predict the unseen "
             "ones from all control cells, fit the baselines (no change, mean, additive, linear, target gene on "
             "control and on the mean, prior network, matching mean) on the same cells, score every method alike "
-            "(gh.tl.evaluate_perturbation) with 95 %% bootstrap intervals over the test conditions and the model's "
+            "(gh.tl.evaluate_perturbation) with 95 % bootstrap intervals over the test conditions and the model's "
             "paired difference from the best baseline, and write predictions.h5ad, metrics.json and "
             "perturbation_response.png to --out. Every gene perturbed in --data can be predicted, measured or not. "
             "Inputs and options are checked before training; a mistake is reported in one line and exits with "

@@ -2,6 +2,7 @@
 
 from ._download import adamson2016, fetch_gears, norman2019, replogle2022_k562_essential
 from ._gears import read_gears
+from ._papalexi import papalexi2021
 from ._pbmc import pbmc68k_reduced
 from ._simulate import simulate_perturbation
 
@@ -9,6 +10,7 @@ __all__ = [
     "adamson2016",
     "fetch_gears",
     "norman2019",
+    "papalexi2021",
     "pbmc68k_reduced",
     "read_gears",
     "replogle2022_k562_essential",

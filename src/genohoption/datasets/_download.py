@@ -53,8 +53,8 @@ def fetch_gears(name: str, *, cache_dir: str | os.PathLike | None = None, known_
     Parameters
     ----------
     name
-        ``"norman2019"``, ``"adamson2016"`` or ``"replogle2022_k562_essential"`` (the keys of
-        ``genohoption.datasets._download.GEARS_DATASETS``, which holds their URLs).
+        ``"norman2019"``, ``"adamson2016"`` or ``"replogle2022_k562_essential"`` (the datasets of
+        :func:`norman2019`, :func:`adamson2016` and :func:`replogle2022_k562_essential`).
     cache_dir
         Where the archive and its extracted files are kept; default pooch's user cache
         (``pooch.os_cache("genohoption")``, e.g. ``~/.cache/genohoption``). A file already there (with

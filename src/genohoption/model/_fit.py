@@ -37,10 +37,19 @@ HIDDEN_WARNINGS = (
 ADVERTISEMENTS = ("litlogger",)
 """Words of third-party log lines that advertise a product (Lightning's cloud-logger tip); training drops them."""
 
+ROUTINE_INFO = ("GPU available:", "TPU available:", "HPU available:", "`Trainer.fit` stopped:")
+"""Starts of Lightning's routine INFO lines (the hardware report, the end of ``fit``), which say nothing about the
+run that ``model.history_`` and the progress bar do not; dropped unless :data:`SHOW_ROUTINE_INFO`."""
+
+SHOW_ROUTINE_INFO = False
+"""Show Lightning's routine INFO lines during training (``genohoption ... --verbose`` sets it)."""
+
 
 class _DropAdvertisements(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        if not SHOW_ROUTINE_INFO and message.startswith(ROUTINE_INFO):
+            return False
         return not any(word in message for word in ADVERTISEMENTS)
 
 
@@ -49,9 +58,10 @@ def quiet_training() -> Iterator[None]:
     """Within the block, hide third-party noise that says nothing about the user's run.
 
     Lightning's internal deprecations (:data:`HIDDEN_WARNINGS`) are filtered by message, category and module,
-    and its advertisement log line (:data:`ADVERTISEMENTS`) is dropped from the logger that emits it; every
-    other warning and log line (seed, accelerator, progress bar) is unchanged, and both filters are removed
-    when the block ends.
+    and its advertisement log line (:data:`ADVERTISEMENTS`) and routine hardware / end-of-fit lines
+    (:data:`ROUTINE_INFO`, unless :data:`SHOW_ROUTINE_INFO`) are dropped from the logger that emits them; every
+    other warning and log line (seed, progress bar) is unchanged, and both filters are removed when the block
+    ends.
     """
     from lightning_utilities.core import rank_zero
 

@@ -95,9 +95,15 @@ class GenoHoptionModel(BaseModelClass):
         Heat-kernel diffusion time (default 5.0).
     normalize_heat
         Rescale the truncated heat-kernel weights ``e^{-t} Σ_{k≤K} t^k/k!`` to sum to 1.
-    d_model, n_heads, n_layers, d_hid
-        Width, attention heads, layers and feed-forward width of the backbone. The defaults are a
-        small model that trains on 2 CPU cores in minutes.
+    d_model
+        Width of the backbone (embedding and attention). The size defaults are a small model that
+        trains on 2 CPU cores in minutes.
+    n_heads
+        Attention heads per layer; must divide ``d_model``.
+    n_layers
+        Transformer layers.
+    d_hid
+        Width of each layer's feed-forward block.
     dropout
         Dropout probability (default 0, for small models trained from scratch; scGPT fine-tunes
         pretrained weights with 0.2).
@@ -198,8 +204,8 @@ class GenoHoptionModel(BaseModelClass):
         :class:`~genohoption.model.PretrainedReport` (matched / missing / unexpected keys, shape
         mismatches, genes matched) when ``pretrained`` was given, else ``None``.
     value_scale_
-        Scale of the registered expression values (``max``, ``mean_nonzero``, ``integer``; see
-        :func:`genohoption._validate.value_scale`), saved with the model; :meth:`predict` and
+        Scale of the registered expression values (``max``, ``mean_nonzero``, ``integer``: the
+        largest value, the mean of the non-zero values and whether all are integers), saved with the model; :meth:`predict` and
         :meth:`get_latent_representation` warn when a query's values are clearly on another scale.
     history_
         Per-epoch training metrics (dict of DataFrames): ``train_loss``, ``validation_loss``, and for
@@ -219,7 +225,7 @@ class GenoHoptionModel(BaseModelClass):
         If a file of the ``pretrained`` checkpoint is missing.
     genohoption.model.CheckpointError
         If the checkpoint does not fit (missing keys, wrong shapes), naming the keys.
-    genohoption._safe_pickle.UnsafePickleError
+    pickle.UnpicklingError
         If a checkpoint file carries code (it is not executed).
 
     Examples
@@ -876,29 +882,30 @@ class GenoHoptionModel(BaseModelClass):
         key_added
             Column of ``adata.obs`` for the predicted cell type.
         unknown_threshold
-            Call cells whose uncertainty exceeds this value ``"Unknown"`` (:data:`genohoption._constants.UNKNOWN_LABEL`):
+            Call cells whose uncertainty exceeds this value ``"Unknown"``:
             a number in ``[0, 1]``, or ``"calibrated"`` for the threshold :meth:`calibrate` chose on held-out
             reference cells. ``None`` (default): every cell gets a reference type.
 
         Returns
         -------
-        Predicted cell types, categorical, indexed by ``adata.obs_names``. Also writes
+        pandas.Series
+            Predicted cell types, categorical, indexed by ``adata.obs_names``. Also writes:
 
-        - ``adata.obs[key_added]``: predicted cell type (categorical; with ``unknown_threshold``, the
-          category ``"Unknown"`` is added);
-        - ``adata.obs[f"{key_added[:-len('prediction')]}confidence"]`` (``genohoption_confidence`` by
-          default): probability of the predicted type, in [0, 1];
-        - ``adata.obs[f"{key_added[:-len('prediction')]}uncertainty"]`` (``genohoption_uncertainty``):
-          ``1 -`` that probability. After :meth:`calibrate` the probabilities are temperature-scaled, so the
-          uncertainty estimates the chance that the predicted reference type is wrong;
-        - ``adata.obsm["genohoption_probabilities"]``: ``(n_obs, n_classes)`` DataFrame of class
-          probabilities, one column per cell type; a ``/`` in a cell-type name becomes ``|`` in its column
-          name (h5ad files cannot store ``/`` in names);
-        - ``adata.uns["genohoption"]["predict"]``: the parameters of this call (``temperature``,
-          ``unknown_threshold``, ``n_unknown`` among them), and ``"classes"``, the cell types in column
-          order, as named in the reference.
+            - ``adata.obs[key_added]``: predicted cell type (categorical; with ``unknown_threshold``, the
+              category ``"Unknown"`` is added);
+            - ``adata.obs[f"{key_added[:-len('prediction')]}confidence"]`` (``genohoption_confidence`` by
+              default): probability of the predicted type, in [0, 1];
+            - ``adata.obs[f"{key_added[:-len('prediction')]}uncertainty"]`` (``genohoption_uncertainty``):
+              ``1 -`` that probability. After :meth:`calibrate` the probabilities are temperature-scaled, so the
+              uncertainty estimates the chance that the predicted reference type is wrong;
+            - ``adata.obsm["genohoption_probabilities"]``: ``(n_obs, n_classes)`` DataFrame of class
+              probabilities, one column per cell type; a ``/`` in a cell-type name becomes ``|`` in its column
+              name (h5ad files cannot store ``/`` in names);
+            - ``adata.uns["genohoption"]["predict"]``: the parameters of this call (``temperature``,
+              ``unknown_threshold``, ``n_unknown`` among them), and ``"classes"``, the cell types in column
+              order, as named in the reference.
 
-        A view is first made an AnnData of its own (with a warning), as scanpy does.
+            A view is first made an AnnData of its own (with a warning), as scanpy does.
 
         Raises
         ------

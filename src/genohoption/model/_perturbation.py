@@ -44,7 +44,7 @@ def check_perturbation_setup(
     """Validate GEARS-style perturbation data before anything is registered; return the gene universe.
 
     The universe is the measured genes (``gene_symbols``), the genes of the ``prior`` network
-    (:func:`genohoption.pp.read_prior`) and ``extra_genes`` (:func:`genohoption._conditions.gene_universe`).
+    (:func:`genohoption.pp.read_prior`) and ``extra_genes``.
 
     Raises
     ------

@@ -73,7 +73,7 @@ class PerturbationModule(TaskModule):
 
     Input: a control cell's expression ``(B, n_genes)`` and the perturbed genes, as positions in the
     model's gene universe (measured genes ``0 … n_genes - 1``, then the unmeasured genes of the prior
-    network and ``extra_genes``: see :class:`genohoption._conditions.GeneUniverse`).
+    network and ``extra_genes``).
 
     Tokens. Every measured gene is a token (scGPT's ``include_zero_gene="all"``; with ``max_seq_len``
     below ``n_genes + 1`` a random subset in training, perturbed genes always kept). A token is

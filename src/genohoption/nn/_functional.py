@@ -74,7 +74,7 @@ def graph_diffusion_attention(
         synchronisation per hop. The hops used are returned by :func:`~genohoption.nn.last_diffusion_stats`
         and logged at DEBUG level; the backward pass uses the same number.
     backend
-        Sparse kernels: ``"numba"`` (CPU kernels with prefetched row gathers, :mod:`genohoption.nn._kernels`),
+        Sparse kernels: ``"numba"`` (CPU kernels with prefetched row gathers),
         ``"torch"`` (``torch.sparse`` CSR: MKL on CPU, cuSPARSE on CUDA) or ``"auto"`` (default: ``"numba"``
         for CPU float tensors, else ``"torch"``).
         Both give the same values to rounding. If the numba kernels cannot be imported, compiled or loaded,
