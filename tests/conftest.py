@@ -119,8 +119,6 @@ def _load_scgpt_code() -> SimpleNamespace:
         mod_spec.loader.exec_module(mod)
         return mod
 
-    if "IPython" not in sys.modules and importlib.util.find_spec("IPython") is None:
-        sys.modules["IPython"] = types.SimpleNamespace(get_ipython=lambda: None)
     top = package("scgpt", root)
     top.logger = logging.getLogger("scGPT")
     model_pkg = package("scgpt.model", root / "model")
@@ -131,7 +129,16 @@ def _load_scgpt_code() -> SimpleNamespace:
     preprocess = load("scgpt.preprocess", root / "preprocess.py")
     collator = load("scgpt.data_collator", root / "data_collator.py")
     utils = package("scgpt.utils", root / "utils")
-    util = load("scgpt.utils.util", root / "utils" / "util.py")
+    # util.py imports IPython's get_ipython at the top; without IPython a stand-in serves while it loads, and is
+    # removed at once (left in sys.modules it would break matplotlib, which reads IPython.version_info)
+    stand_in = "IPython" not in sys.modules and importlib.util.find_spec("IPython") is None
+    if stand_in:
+        sys.modules["IPython"] = types.SimpleNamespace(get_ipython=lambda: None)
+    try:
+        util = load("scgpt.utils.util", root / "utils" / "util.py")
+    finally:
+        if stand_in:
+            del sys.modules["IPython"]
     utils.load_pretrained = util.load_pretrained
     tokenizer = types.ModuleType("scgpt.tokenizer")
     tokenizer.GeneVocab = None  # embed_data only (torchtext)
