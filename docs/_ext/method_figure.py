@@ -8,8 +8,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import FancyArrowPatch  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.patches import FancyArrowPatch
 
 GENES = ["CLS", "STAT1", "IRF1", "JAK2", "CD86", "MYC"]
 EDGES = [(1, 2), (2, 1), (1, 3), (3, 1), (2, 4), (5, 2)]  # (i, j): token i attends to token j

@@ -132,3 +132,9 @@ ATTENTIONS = ("ppr", "heat", "mask", "dense")
 
 BACKBONES = ("scgpt", "geneformer")
 """Supported backbones."""
+
+DATASET_PERTURBATION_TYPE_KEY = "perturbation_type"
+"""``adata.uns`` key of a screen loader: the kind of perturbation (e.g. CRISPR knock-out)."""
+
+DATASET_SOURCE_KEY = "source"
+"""``adata.uns`` key of a dataset loader: where the data come from (publication and files)."""

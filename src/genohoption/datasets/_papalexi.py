@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .. import _constants as K
+
 logger = logging.getLogger(__name__)
 
 
@@ -44,7 +46,7 @@ NON_TARGETING = "non-targeting"
 
 
 def _triplet_matrix(obj, attrs):
-    """rdata constructor of the Matrix package's ``dgTMatrix`` (0-based triplets): a CSC matrix and its names."""
+    """Rdata constructor of the Matrix package's ``dgTMatrix`` (0-based triplets): a CSC matrix and its names."""
     matrix = sp.coo_matrix((np.asarray(attrs["x"], dtype=np.float64),
                             (np.asarray(attrs["i"]), np.asarray(attrs["j"]))),
                            shape=tuple(int(n) for n in attrs["Dim"])).tocsc()
@@ -121,8 +123,8 @@ def papalexi_to_gears(lowmoi, covariates: pd.DataFrame):
     }, index=pd.Index([f"papalexi_cell{i:05d}" for i in cells]))
     adata = ad.AnnData(X=X.astype(np.float32), obs=obs, var=pd.DataFrame({"gene_name": genes}, index=genes),
                        layers={"counts": raw})
-    adata.uns["perturbation_type"] = "CRISPR knock-out (Cas9), single gRNA per cell"
-    adata.uns["source"] = ("Papalexi et al. 2021 Nat Genet (GEO GSE153056), ECCITE-seq CRISPR-KO screen in stimulated "
+    adata.uns[K.DATASET_PERTURBATION_TYPE_KEY] = "CRISPR knock-out (Cas9), single gRNA per cell"
+    adata.uns[K.DATASET_SOURCE_KEY] = ("Papalexi et al. 2021 Nat Genet (GEO GSE153056), ECCITE-seq CRISPR-KO screen in stimulated "
                            "THP-1 cells, as subset by the sceptre authors: " + "; ".join(f.url for f in PAPALEXI_FILES))
     return adata
 

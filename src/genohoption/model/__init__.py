@@ -1,11 +1,6 @@
 """User-facing models."""
 
-import warnings
-
-# scvi-tools imports tqdm.auto, which in a Jupyter kernel without ipywidgets warns "IProgress not found" (naming
-# its install path); training shows Lightning's text progress bar, which needs no widgets.
-warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
-
+from . import _quiet  # noqa: F401  (first: filters warnings of the imports below)
 from ._callbacks import PreciseBatchNorm
 from ._export import export_pretrained
 from ._model import GenoHoptionModel
