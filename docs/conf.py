@@ -115,7 +115,7 @@ def _public_target(app, env, node, contnode):
     parts = target.split(".")
     public = [p for p in parts if not p.startswith("_")]
     for cut in range(len(public) - 1, 0, -1):  # genohoption.nn.BatchGraph, then genohoption.BatchGraph ...
-        candidate = ".".join(public[:cut] + [parts[-1]])
+        candidate = ".".join([*public[:cut], parts[-1]])
         try:
             module = importlib.import_module(".".join(public[:cut]))
         except ImportError:
