@@ -151,7 +151,7 @@ class AnnotationTask(Task):
         module.eval()
         rows = RowOutputs(query.X.shape[0])  # filled in place: memory flat in the number of cells
         rng = module.inference_random()  # one pass: the same random draws whatever the batch size
-        with adapted_batch_norms(module, query, batch_size, lambda x, b: module(x, batch_index=b)):
+        with adapted_batch_norms(module, query, batch_size):
             for x, b in iter_query(query, batch_size, module.device, matrix_name(query.layer)):
                 out = module(x, batch_index=b, rng=rng)
                 z, s = out["latent"].float(), out["logits"].float()

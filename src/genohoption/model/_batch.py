@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.data.fields import CategoricalObsField
 
+from ..module._encode import module_forward
 from ..nn import DomainSpecificBatchNorm
 from ..nn._batch import batch_parts
 from ._query import Query, iter_rows
@@ -173,7 +175,7 @@ def iter_query(query: Query, batch_size: int, device: torch.device,
 
 @contextlib.contextmanager
 def adapted_batch_norms(module: nn.Module, query: Query, batch_size: int,
-                        forward: Callable[[torch.Tensor, torch.Tensor | None], Any]) -> Iterator[None]:
+                        forward: Callable[[torch.Tensor, torch.Tensor | None], Any] | None = None) -> Iterator[None]:
     """Within the block, the module's domain-specific normalisations know the statistics of the query's new batches.
 
     AdaBN (Li et al. 2016): the cells of a batch not seen in training (codes above ``n_batches``) are
@@ -191,8 +193,11 @@ def adapted_batch_norms(module: nn.Module, query: Query, batch_size: int,
     batch_size
         Cells per forward pass.
     forward
-        Runs the module on one ``(x, batch_index)`` minibatch.
+        Runs the module on one ``(x, batch_index)`` minibatch; default its own evaluation pass
+        (:func:`~genohoption.module._encode.module_forward`).
     """
+    if forward is None:
+        forward = functools.partial(module_forward, module)
     norms = [m for m in module.modules() if isinstance(m, DomainSpecificBatchNorm)]
     codes = query.batch_codes
     new = bool(norms) and codes is not None and bool((codes > norms[0].n_batches).any())

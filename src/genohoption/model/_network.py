@@ -9,7 +9,6 @@ applied to it.
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,7 +19,7 @@ import scipy.sparse as sp
 import torch
 
 from .._validate import check_key, matrix_name, uns_entry
-from ..module._encode import check_encodable, encode_cells, module_forward
+from ..module._encode import check_encodable, encode_cells
 from ..nn._readout import AttentionReadout
 from ..tl._diffusion import diffusion_operator, row_normalize
 from ._batch import adapted_batch_norms, iter_query
@@ -96,8 +95,7 @@ def stream_attention(module, query: Query, codes: np.ndarray, n_groups: int, bat
     counts = torch.zeros(n_groups * nnz, dtype=torch.int64, device=module.device)
     codes_t = torch.as_tensor(codes, dtype=torch.int64, device=module.device)
     start = 0
-    forward = functools.partial(module_forward, module)
-    with adapted_batch_norms(module, query, batch_size, forward), AttentionReadout(module.backbone) as readout:
+    with adapted_batch_norms(module, query, batch_size), AttentionReadout(module.backbone) as readout:
         for x, b in iter_query(query, batch_size, module.device, matrix_name(query.layer)):
             _, tokens, _ = encode_cells(module, x, b)
             weights, graph = readout.take()

@@ -92,11 +92,7 @@ class PretrainingTask(Task):
         module.eval()
         rows = RowOutputs(query.X.shape[0], ((module.backbone.d_model,),))  # memory flat in the number of cells
         rng = TokenRandom(module.conventions.seed)  # one pass: the same draws whatever the batch size
-
-        def forward(x, b):
-            return module(x, mask=False, batch_index=b)
-
-        with adapted_batch_norms(module, query, batch_size, forward):
+        with adapted_batch_norms(module, query, batch_size):
             for x, b in iter_query(query, batch_size, module.device):
                 rows.add(module(x, mask=False, batch_index=b, rng=rng)["latent"].float())
         return rows.arrays[0]

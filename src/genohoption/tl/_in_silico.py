@@ -7,7 +7,6 @@ light).
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -161,7 +160,7 @@ def in_silico_perturbation(
     """
     import torch
 
-    from ..module._encode import backbone_cell_embedding, check_encodable, encode_cells, module_forward
+    from ..module._encode import backbone_cell_embedding, check_encodable, encode_cells
     from ..nn import GeneformerBackbone
 
     if mode not in MODES:
@@ -202,8 +201,7 @@ def in_silico_perturbation(
     original = np.empty((adata.n_obs, bb.d_model), np.float32) if return_embeddings else None
     perturbed = {g: np.empty((adata.n_obs, bb.d_model), np.float32) for g in genes} if return_embeddings else None
     start = 0
-    forward = functools.partial(module_forward, module)
-    with torch.inference_mode(), adapted_batch_norms(module, query, batch_size, forward):
+    with torch.inference_mode(), adapted_batch_norms(module, query, batch_size):
         if medians is not None:
             medians = medians.to(module.device)
         for x, batch in iter_query(query, batch_size, module.device):
