@@ -118,6 +118,8 @@ PERT_GENES_KEY = "pert_genes"
 # ---------------------------------------------------------------- files of a saved model (``{prefix}`` + name)
 WEIGHTS_FILE = "model.safetensors"
 """A saved model's weights (safetensors); ``GenoHoptionModel.save`` refuses to overwrite an existing one."""
+ENSEMBLE_FILE = "ensemble.json"
+"""A saved ensemble's record (members, seed, calibration), written by ``GenoHoptionEnsemble.save``."""
 
 META_FILE = "model.json"
 """A saved model's class, init parameters, registry, training history and the weights' sha256 (JSON)."""

@@ -2,6 +2,7 @@
 
 from . import _quiet  # noqa: F401  (first: filters warnings of the imports below)
 from ._callbacks import PreciseBatchNorm
+from ._ensemble import GenoHoptionEnsemble
 from ._export import export_pretrained
 from ._model import GenoHoptionModel
 from ._pretrained import (
@@ -26,6 +27,7 @@ __all__ = [
     "ClassificationTrainingPlan",
     "EpochSeed",
     "GeneMapping",
+    "GenoHoptionEnsemble",
     "GenoHoptionModel",
     "MaskedExpressionTrainingPlan",
     "PreciseBatchNorm",

@@ -188,30 +188,8 @@ class AnnotationTask(Task):
 
         See :meth:`GenoHoptionModel.calibrate`; returns its record (nothing is written).
         """
-        from ..tl._calibration import (
-            expected_calibration_error,
-            fit_temperature,
-            scaled_probabilities,
-            uncertainty_from_probabilities,
-            unknown_threshold,
-        )
-
         _, logits = self._forward(module, query, batch_size)
-        temperature = fit_temperature(logits, codes)
-        raw, scaled = scaled_probabilities(logits), scaled_probabilities(logits, temperature)
-        rows = np.arange(len(codes))
-        return {
-            "temperature": temperature,
-            "threshold": unknown_threshold(uncertainty_from_probabilities(scaled),
-                                           false_unknown_rate=false_unknown_rate),
-            "false_unknown_rate": float(false_unknown_rate),
-            "n_cells": len(codes),
-            "accuracy": float((logits.argmax(1) == codes).mean()),
-            "ece_before": expected_calibration_error(raw, codes),
-            "ece_after": expected_calibration_error(scaled, codes),
-            "nll_before": float(-np.log(np.maximum(raw[rows, codes], 1e-300)).mean()),
-            "nll_after": float(-np.log(np.maximum(scaled[rows, codes], 1e-300)).mean()),
-        }
+        return calibration_record(logits, codes, false_unknown_rate=false_unknown_rate)
 
     def predict(self, module, query: Query, *, batch_size: int = 128, key_added: str = K.PREDICTION_KEY,
                 temperature: float = 1.0, unknown_threshold: float | None = None) -> pd.Series:
@@ -220,60 +198,112 @@ class AnnotationTask(Task):
         ``temperature`` divides the logits (calibration); cells whose uncertainty exceeds
         ``unknown_threshold`` (when given) get :data:`~genohoption._constants.UNKNOWN_LABEL`.
         """
-        from ..tl._calibration import scaled_probabilities, uncertainty_from_probabilities
-
-        check_key(key_added)
-        if unknown_threshold is not None and not (isinstance(unknown_threshold, int | float | np.floating)
-                                                  and not isinstance(unknown_threshold, bool)
-                                                  and 0.0 <= unknown_threshold <= 1.0):
-            raise ValueError(f"unknown_threshold must be a number in [0, 1], 'calibrated' or None, got "
-                             f"{unknown_threshold!r}.")
-        adata = query.adata
-        uns_entry(adata)
+        check_predict_args(key_added, unknown_threshold)
+        uns_entry(query.adata)
         _, logits = self._forward(module, query, batch_size)
-        probs = scaled_probabilities(logits, temperature).astype(np.float32)
-        uncertainty = uncertainty_from_probabilities(probs)
-        labels = [str(c) for c in self.labels]
-        names = np.asarray(labels, dtype=object)[probs.argmax(1)]
-        categories = list(self.labels)
-        if unknown_threshold is not None:
-            names = np.where(uncertainty > unknown_threshold, K.UNKNOWN_LABEL, names)
-            if K.UNKNOWN_LABEL not in labels:
-                categories.append(K.UNKNOWN_LABEL)
-        pred = pd.Categorical(names, categories=[str(c) for c in categories])
-        series = pd.Series(pred, index=adata.obs_names, name=key_added)
-        confidence_key = confidence_key_for(key_added)
-        uncertainty_key = uncertainty_key_for(key_added)
-        columns = probability_columns(self.labels)
-        record = {
-            "key_added": key_added,
-            "confidence_key": confidence_key,
-            "uncertainty_key": uncertainty_key,
-            "probabilities_key": K.PROBABILITIES_KEY,
-            "classes": labels,
-            "attention": self.params["attention"],
-            "n_genes_matched": query.n_genes_matched,
-            "temperature": float(temperature),
-            "unknown_threshold": None if unknown_threshold is None else float(unknown_threshold),
-            "n_unknown": int((series == K.UNKNOWN_LABEL).sum()) if unknown_threshold is not None else 0,
-        }
-        if adata.is_view:  # as scanpy does: the view becomes an AnnData of its own (its parent is not written)
-            warnings.warn(
-                "predict received a view of an AnnData: it is made an AnnData of its own before the results are "
-                "written (its parent is unchanged); pass adata.copy() to avoid this warning.",
-                UserWarning,
-                stacklevel=3,
-            )
-            adata._init_as_actual(adata.copy())
-        # everything is computed: write
-        adata.obs[key_added] = series
-        adata.obs[confidence_key] = probs.max(1)
-        adata.obs[uncertainty_key] = uncertainty.astype(np.float32)
-        adata.obsm[K.PROBABILITIES_KEY] = pd.DataFrame(probs, index=adata.obs_names, columns=columns)
-        uns_entry(adata, create=True)[K.UNS_PREDICT] = record
-        logger.info("wrote adata.obs[%r], adata.obs[%r], adata.obs[%r], adata.obsm[%r]", key_added, confidence_key,
-                    uncertainty_key, K.PROBABILITIES_KEY)
-        return series
+        return write_predictions(query, logits, self.labels, key_added=key_added, temperature=temperature,
+                                 unknown_threshold=unknown_threshold, record={"attention": self.params["attention"]})
+
+
+def check_predict_args(key_added: str, unknown_threshold) -> None:
+    """Check ``predict``'s ``key_added`` and ``unknown_threshold`` (a number in [0, 1] or None) before any work.
+
+    Raises
+    ------
+    ValueError
+        For a key that cannot be an obs column, or a threshold that is not a number in [0, 1].
+    """
+    check_key(key_added)
+    if unknown_threshold is not None and not (isinstance(unknown_threshold, int | float | np.floating)
+                                              and not isinstance(unknown_threshold, bool)
+                                              and 0.0 <= unknown_threshold <= 1.0):
+        raise ValueError(f"unknown_threshold must be a number in [0, 1], 'calibrated' or None, got "
+                         f"{unknown_threshold!r}.")
+
+
+def calibration_record(logits: np.ndarray, codes: np.ndarray, *, false_unknown_rate: float) -> dict[str, Any]:
+    """Temperature, Unknown threshold and calibration errors from held-out cells' ``logits`` and true ``codes``.
+
+    The record of :meth:`GenoHoptionModel.calibrate` (without ``source``).
+    """
+    from ..tl._calibration import (
+        expected_calibration_error,
+        fit_temperature,
+        scaled_probabilities,
+        uncertainty_from_probabilities,
+        unknown_threshold,
+    )
+
+    temperature = fit_temperature(logits, codes)
+    raw, scaled = scaled_probabilities(logits), scaled_probabilities(logits, temperature)
+    rows = np.arange(len(codes))
+    return {
+        "temperature": temperature,
+        "threshold": unknown_threshold(uncertainty_from_probabilities(scaled), false_unknown_rate=false_unknown_rate),
+        "false_unknown_rate": float(false_unknown_rate),
+        "n_cells": len(codes),
+        "accuracy": float((logits.argmax(1) == codes).mean()),
+        "ece_before": expected_calibration_error(raw, codes),
+        "ece_after": expected_calibration_error(scaled, codes),
+        "nll_before": float(-np.log(np.maximum(raw[rows, codes], 1e-300)).mean()),
+        "nll_after": float(-np.log(np.maximum(scaled[rows, codes], 1e-300)).mean()),
+    }
+
+
+def write_predictions(query: Query, logits: np.ndarray, classes, *, key_added: str, temperature: float,
+                      unknown_threshold: float | None, record: dict[str, Any], stacklevel: int = 4) -> pd.Series:
+    """Write the predictions of class scores ``logits`` ``(n_obs, n_classes)`` to ``query.adata``; return them.
+
+    The outputs of :meth:`GenoHoptionModel.predict` (obs, obsm, ``uns["genohoption"]["predict"]``, which also
+    gets ``record``). The arguments are checked (:func:`check_predict_args`) by the caller; ``stacklevel`` points
+    the warning for a view at the user's call.
+    """
+    from ..tl._calibration import scaled_probabilities, uncertainty_from_probabilities
+
+    adata = query.adata
+    probs = scaled_probabilities(logits, temperature).astype(np.float32)
+    uncertainty = uncertainty_from_probabilities(probs)
+    labels = [str(c) for c in classes]
+    names = np.asarray(labels, dtype=object)[probs.argmax(1)]
+    categories = list(labels)
+    if unknown_threshold is not None:
+        names = np.where(uncertainty > unknown_threshold, K.UNKNOWN_LABEL, names)
+        if K.UNKNOWN_LABEL not in labels:
+            categories.append(K.UNKNOWN_LABEL)
+    pred = pd.Categorical(names, categories=categories)
+    series = pd.Series(pred, index=adata.obs_names, name=key_added)
+    confidence_key = confidence_key_for(key_added)
+    uncertainty_key = uncertainty_key_for(key_added)
+    columns = probability_columns(classes)
+    record = {
+        "key_added": key_added,
+        "confidence_key": confidence_key,
+        "uncertainty_key": uncertainty_key,
+        "probabilities_key": K.PROBABILITIES_KEY,
+        "classes": labels,
+        **record,
+        "n_genes_matched": query.n_genes_matched,
+        "temperature": float(temperature),
+        "unknown_threshold": None if unknown_threshold is None else float(unknown_threshold),
+        "n_unknown": int((series == K.UNKNOWN_LABEL).sum()) if unknown_threshold is not None else 0,
+    }
+    if adata.is_view:  # as scanpy does: the view becomes an AnnData of its own (its parent is not written)
+        warnings.warn(
+            "predict received a view of an AnnData: it is made an AnnData of its own before the results are "
+            "written (its parent is unchanged); pass adata.copy() to avoid this warning.",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+        adata._init_as_actual(adata.copy())
+    # everything is computed: write
+    adata.obs[key_added] = series
+    adata.obs[confidence_key] = probs.max(1)
+    adata.obs[uncertainty_key] = uncertainty.astype(np.float32)
+    adata.obsm[K.PROBABILITIES_KEY] = pd.DataFrame(probs, index=adata.obs_names, columns=columns)
+    uns_entry(adata, create=True)[K.UNS_PREDICT] = record
+    logger.info("wrote adata.obs[%r], adata.obs[%r], adata.obs[%r], adata.obsm[%r]", key_added, confidence_key,
+                uncertainty_key, K.PROBABILITIES_KEY)
+    return series
 
 
 def _not_finite(module: torch.nn.Module) -> ValueError:
