@@ -209,11 +209,13 @@ def test_annotate_tiny_run_without_plot(files, tmp_path, capsys):
     assert f"logistic regression: accuracy {metrics['baseline_logreg']['accuracy']:.3f}" in out
     assert f"{metrics['uncertainty']['n_unknown']} of 40 query cells Unknown" in out
     assert "calibration on 8 held-out reference cells: temperature" in out
-    # the saved model reloads and predicts what the run wrote
-    assert (model_dir / "model.safetensors").is_file() and (model_dir / "model.json").is_file()
+    # the saved ensemble (3 models by default) reloads and predicts what the run wrote
+    assert metrics["ensemble"] == 3 and metrics["recipe"] == "swa-ensemble"
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "ensemble.json", *(f"member{i}_model.{ext}" for i in range(3) for ext in ("json", "safetensors"))]
     query = ad.read_h5ad(files["query"])
-    model = gh.GenoHoptionModel.load(model_dir)
-    assert model.calibration_ == pytest.approx(metrics["uncertainty"]["calibration"])
+    model = gh.model.GenoHoptionEnsemble.load(model_dir)
+    assert model.n_members == 3 and model.calibration_ == pytest.approx(metrics["uncertainty"]["calibration"])
     reloaded = model.predict(query, unknown_threshold="calibrated")
     assert list(reloaded.astype(str)) == list(written.obs["genohoption_prediction"].astype(str))
     # a second run refuses to overwrite the saved model, before training
@@ -227,8 +229,9 @@ def test_annotate_tiny_run_with_plot(files, tmp_path, capsys):
     out_dir.mkdir()  # an existing directory is fine
     rc, _, err = _run(["annotate", "--reference", str(files["ref"]), "--query", str(files["query"]),
                        "--max-epochs", "1", "--prior", "none", "--threads", "1", "--seed", "0",
-                       "--out", str(out_dir)], capsys)
+                       "--ensemble", "1", "--out", str(out_dir)], capsys)
     assert rc == 0, err
+    assert json.loads((out_dir / "metrics.json").read_text())["ensemble"] == 1
     assert (out_dir / "umap.png").stat().st_size > 10_000
     assert (out_dir / "umap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     _, written = _check_outputs(out_dir, files["query"], seed=0)
@@ -359,7 +362,8 @@ def test_console_output_each_line_once_third_party_chatter_only_verbose(files, t
     def run(*extra):
         argv = [sys.executable, "-m", "genohoption", "annotate", "--reference", str(files["ref"]), "--query",
                 str(files["query"]), "--max-epochs", "1", "--prior", "none", "--no-plot", "--threads", "1",
-                "--seed", "3", "--out", str(tmp_path / f"out{len(extra)}"), *extra]
+                "--seed", "3", "--ensemble", "1",  # one model: every trainer logs its own lines
+                "--out", str(tmp_path / f"out{len(extra)}"), *extra]
         out = subprocess.run(argv, capture_output=True, text=True, timeout=600,
                              env={**os.environ, "MPLBACKEND": "Agg", "PYTHONWARNINGS": ""})
         assert out.returncode == 0, out.stderr

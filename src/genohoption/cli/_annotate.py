@@ -98,6 +98,10 @@ def add_parser(sub) -> None:
     ann.add_argument("--pretrain-epochs", type=int, default=0, metavar="N",
                      help="first pretrain the backbone for N epochs by masked expression modelling on the "
                      "reference and query cells together (no labels used); default 0: none")
+    ann.add_argument("--ensemble", type=int_at_least(1), default=ENSEMBLE_MEMBERS, metavar="N",
+                     help="train N models from different random starts and average their probabilities "
+                     f"(a deep ensemble, gh.model.GenoHoptionEnsemble; default {ENSEMBLE_MEMBERS}); 1: one model, "
+                     "N times faster, its accuracy moves more with --seed")
     ann.add_argument("--batch-size", type=int_at_least(1), default=32, metavar="N")
     ann.add_argument("--seed", type=int, default=0, help="seed of torch, numpy, random (scvi-tools), the "
                      "baseline and the UMAP")
@@ -233,7 +237,11 @@ def run(args: argparse.Namespace) -> dict:
         gh.GenoHoptionModel.setup_anndata(reference, layer=args.layer, labels_key=labels_key)
     except (KeyError, ValueError, FileNotFoundError) as err:  # documented input errors, raised before training
         raise user_error(err, "the reference cannot be used") from None
-    model = gh.GenoHoptionModel(reference, attention=args.attention, dropout=DROPOUT)
+    if args.ensemble == 1:
+        model = gh.GenoHoptionModel(reference, attention=args.attention, dropout=DROPOUT)
+    else:  # saved with GenoHoptionEnsemble.save (--save-model), read back by GenoHoptionEnsemble.load
+        model = gh.model.GenoHoptionEnsemble(reference, n_members=args.ensemble, seed=args.seed,
+                                             attention=args.attention, dropout=DROPOUT)
     if args.pretrain_epochs:
         import anndata as ad
 
@@ -254,7 +262,8 @@ def run(args: argparse.Namespace) -> dict:
                      "n_vars": int(reference.n_vars),
                      "n_genes_shared": int(reference.var_names.isin(query.var_names).sum()),
                      "graph_edges": int(reference.varp[GRAPH_KEY].nnz),
-                     "epochs": len(model.history_["train_loss"]), "pretrain_epochs": args.pretrain_epochs,
+                     "epochs": len(first_member(model).history_["train_loss"]), "ensemble": args.ensemble,
+                     "pretrain_epochs": args.pretrain_epochs,
                      "validation_fraction": args.validation_fraction,
                      "calibration_fraction": 0.0 if args.validation_fraction else args.calibration_fraction,
                      "recipe": RECIPE_NAME}
@@ -291,12 +300,17 @@ def run(args: argparse.Namespace) -> dict:
     return metrics
 
 
+def first_member(model):
+    """Return the model itself, or an ensemble's first member."""
+    return model.members[0] if hasattr(model, "members") else model
+
+
 def held_out_fraction(args: argparse.Namespace) -> float:
     """Fraction of the reference kept out of training (validation cells, else calibration cells)."""
     return args.validation_fraction or args.calibration_fraction
 
 
-RECIPE_NAME = "swa"
+RECIPE_NAME = "swa-ensemble"
 """Name of the training recipe of :func:`train_recipe`, recorded in ``metrics.json``."""
 
 MAX_EPOCHS = 20
@@ -304,6 +318,9 @@ MAX_EPOCHS = 20
 
 DROPOUT = 0.2
 """Dropout of the main job's model (``GenoHoptionModel(dropout=...)``)."""
+
+ENSEMBLE_MEMBERS = 3
+"""Default number of models of the main job's deep ensemble (``--ensemble``)."""
 
 SWA_EPOCH_START = 0.5
 """Fraction of the epochs after which the weights are averaged (stochastic weight averaging)."""
@@ -323,7 +340,9 @@ def train_recipe(model, *, max_epochs: int, batch_size: int, validation_fraction
                  false_unknown_rate: float = FALSE_UNKNOWN_RATE, enable_progress_bar: bool | None = None) -> dict | None:
     """Train ``model`` with the main job's recipe, then calibrate it on the held-out reference cells.
 
-    The model is built by the caller (the command line: dropout :data:`DROPOUT`). Without validation cells:
+    The model (a :class:`~genohoption.GenoHoptionModel` or a :class:`~genohoption.model.GenoHoptionEnsemble`,
+    whose members then all train this way) is built by the caller (the command line: an ensemble of
+    :data:`ENSEMBLE_MEMBERS`, dropout :data:`DROPOUT`). Without validation cells:
     ``calibration_fraction`` of the reference (scvi-tools' random split, seeded) is kept out of training, the
     weights of the second half of the epochs are averaged (Lightning's
     :class:`~lightning.pytorch.callbacks.StochasticWeightAveraging`, Izmailov et al. 2018), and the

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from .._constants import WEIGHTS_FILE
+from .._constants import ENSEMBLE_FILE, WEIGHTS_FILE
 
 PROG = "genohoption"
 
@@ -56,7 +56,8 @@ def add_run_options(parser: argparse.ArgumentParser, *, threads_help: str, save_
     parser.add_argument("--threads", type=int_at_least(1), default=None, metavar="N", help=threads_help)
     if save_model:
         parser.add_argument("--save-model", type=Path, default=None, metavar="DIR",
-                            help="also save the trained model there (GenoHoptionModel.load reads it)")
+                            help="also save the trained model there (GenoHoptionModel.load reads it; an ensemble "
+                            "of several models: GenoHoptionEnsemble.load)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also show the INFO messages of scvi-tools and Lightning (seed, accelerator), "
                         "hidden by default")
@@ -162,7 +163,7 @@ def check_prior_and_outputs(args: argparse.Namespace) -> None:
     check_writable_dir(args.out, "--out", create=False)
     if args.save_model is not None:
         check_writable_dir(args.save_model, "--save-model", create=False)
-        if (args.save_model / WEIGHTS_FILE).exists():
+        if (args.save_model / WEIGHTS_FILE).exists() or (args.save_model / ENSEMBLE_FILE).exists():
             raise UserError(f"--save-model {args.save_model} already holds a saved model; choose an empty "
                             "directory or delete that one.")
 
