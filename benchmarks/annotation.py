@@ -61,6 +61,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from genohoption.cli._annotate import ENSEMBLE_MEMBERS
+
 DATA = Path(os.environ.get("GENOHOPTION_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 ATTENTIONS = ("dense", "mask", "ppr", "heat")
 
@@ -255,7 +257,11 @@ if method == "genohoption":
 
     gh.pp.build_gene_graph(ref)
     gh.GenoHoptionModel.setup_anndata(ref, labels_key=key)
-    model = gh.GenoHoptionModel(ref, attention=cfg["attention"], dropout=DROPOUT)
+    if cfg.get("ensemble", 1) == 1:  # as the command line: one model, or an ensemble of several
+        model = gh.GenoHoptionModel(ref, attention=cfg["attention"], dropout=DROPOUT)
+    else:
+        model = gh.model.GenoHoptionEnsemble(ref, n_members=cfg["ensemble"], seed=cfg["seed"],
+                                             attention=cfg["attention"], dropout=DROPOUT)
     cal = train_recipe(model, max_epochs=cfg["max_epochs"], batch_size=32, false_unknown_rate=RATE,
                        enable_progress_bar=False)
     model.predict(query)
@@ -263,7 +269,8 @@ if method == "genohoption":
     uncertainty = query.obs["genohoption_uncertainty"].to_numpy()
     threshold = cal["threshold"]
     extra = {"temperature": cal["temperature"], "ece_before": cal["ece_before"], "ece_after": cal["ece_after"],
-             "n_calibration": cal["n_cells"]}
+             "n_calibration": cal["n_cells"], "ensemble": cfg.get("ensemble", 1)}
+    cfg["method"] = "genohoption" if cfg.get("ensemble", 1) == 1 else "genohoption_ensemble"  # as ours()
 elif method == "logreg":
     gh.tl.logistic_regression_baseline(ref, query, key, random_state=cfg["seed"])
     pred = query.obs["logreg_prediction"].astype(str).to_numpy()
@@ -325,7 +332,7 @@ print(json.dumps(row))
 """
 
 PEERS = ("genohoption", "logreg", "scanvi", "celltypist", "celltypist_mv")
-STOCHASTIC = ("genohoption", "scanvi")
+STOCHASTIC = ("genohoption", "genohoption_ensemble", "scanvi")
 """Methods whose result depends on the seed; the others run once per split (pbmc68k: once)."""
 LOTO_MIN_CELLS = 30
 PBMC3K_TYPES = ("Naive CD4 T", "Memory CD4 T", "CD14+ Mono", "B", "CD8 T", "FCGR3A+ Mono", "NK", "DC")
@@ -335,7 +342,7 @@ PBMC3K_TYPES = ("Naive CD4 T", "Memory CD4 T", "CD14+ Mono", "B", "CD8 T", "FCGR
 def _peer_configs(args) -> list[dict]:
     base = {"threads": args.threads, "data": str(DATA / "annotation" / "pbmc3k_seurat_labels.h5ad"),
             "attention": args.attention, "max_epochs": args.max_epochs, "false_unknown_rate": args.false_unknown_rate,
-            "heldout": None}
+            "heldout": None, "ensemble": args.ensemble}
     cfgs = []
     if "peers" in args.analyses:
         for seed in args.seeds:
@@ -364,7 +371,17 @@ def _run_peer(cfg: dict) -> dict | None:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-METHOD_NAMES = {"genohoption": "GenoHoption", "logreg": "logistic regression", "scanvi": "scANVI",
+def ours(cfg: dict) -> str:
+    """Method name of a GenoHoption run's row: ``genohoption`` (one model) or ``genohoption_ensemble``."""
+    return "genohoption" if cfg.get("ensemble", 1) == 1 else "genohoption_ensemble"
+
+
+def _reference_method(rows: list[dict]) -> str:
+    """GenoHoption's row the others are paired with: the ensemble where it ran, else the one model."""
+    return "genohoption_ensemble" if any(r["method"] == "genohoption_ensemble" for r in rows) else "genohoption"
+
+
+METHOD_NAMES = {"genohoption": "GenoHoption (one model)", "genohoption_ensemble": "GenoHoption", "logreg": "logistic regression", "scanvi": "scANVI",
                 "celltypist": "CellTypist", "celltypist_mv": "CellTypist (majority voting)"}
 
 
@@ -397,11 +414,12 @@ def _peer_tables(rows: list[dict]) -> None:
         print("|---|---|---:|---:|---:|---:|---:|---:|")
         for dataset in dict.fromkeys(r["dataset"] for r in peers):
             sel = [r for r in peers if r["dataset"] == dataset]
-            ours = {r["seed"]: r["macro_f1"] for r in sel if r["method"] == "genohoption"}
+            ref_method = _reference_method(sel)
+            ours = {r["seed"]: r["macro_f1"] for r in sel if r["method"] == ref_method}
             for method in dict.fromkeys(r["method"] for r in sel):
                 rs = [r for r in sel if r["method"] == method]
                 by_seed = {r["seed"]: r["macro_f1"] for r in rs}
-                if method == "genohoption":
+                if method == ref_method:
                     diff = ""
                 else:  # a method run once on a fixed split is paired with every seed of ours
                     diff = _paired([by_seed.get(s, by_seed.get(0)) - f for s, f in ours.items()
@@ -416,13 +434,14 @@ def _peer_tables(rows: list[dict]) -> None:
               "macro F1 with Unknown | macro F1 with Unknown − GenoHoption's (paired) | unseen cells Unknown | "
               "seen cells Unknown | runs |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-        ours = {(r["heldout"], r["seed"]): r for r in loto if r["method"] == "genohoption"}
+        ref_method = _reference_method(loto)
+        ours = {(r["heldout"], r["seed"]): r for r in loto if r["method"] == ref_method}
         for method in dict.fromkeys(r["method"] for r in loto):
             rs = [r for r in loto if r["method"] == method]
             pairs = [(r, o) for (h, s), o in ours.items() for r in rs
                      if r["heldout"] == h and (r["seed"] == s or r["method"] not in STOCHASTIC)]
-            diff_auc = "" if method == "genohoption" else _paired([r["auroc"] - o["auroc"] for r, o in pairs])
-            diff_f1 = "" if method == "genohoption" else _paired(
+            diff_auc = "" if method == ref_method else _paired([r["auroc"] - o["auroc"] for r, o in pairs])
+            diff_f1 = "" if method == ref_method else _paired(
                 [r["macro_f1_unknown"] - o["macro_f1_unknown"] for r, o in pairs])
             print(f"| {METHOD_NAMES[method]} | {_ms(r['auroc'] for r in rs)} | {diff_auc} | "
                   f"{_ms(r['accuracy_unknown'] for r in rs)} | {_ms(r['macro_f1_unknown'] for r in rs)} | {diff_f1} | "
@@ -436,14 +455,15 @@ def _peer_tables(rows: list[dict]) -> None:
         for method in dict.fromkeys(r["method"] for r in loto):
             cells = [_ms(r["auroc"] for r in loto if r["method"] == method and r["heldout"] == t) for t in types]
             print(f"| {METHOD_NAMES[method]} | " + " | ".join(cells) + " |")
-    cal = [r for r in rows if r["method"] == "genohoption" and "ece_after" in r]
+    cal = [r for r in rows if r["method"] in ("genohoption", "genohoption_ensemble") and "ece_after" in r]
     if cal:
         print("\n### GenoHoption calibration on the held-out reference cells\n")
-        print("| analysis | data | temperature | ECE before | ECE after (in-sample) | held-out cells | runs |")
-        print("|---|---|---:|---:|---:|---:|---:|")
-        for group in dict.fromkeys((r["analysis"], r["dataset"]) for r in cal):
-            rs = [r for r in cal if (r["analysis"], r["dataset"]) == group]
-            print(f"| {group[0]} | {group[1]} | {_ms(r['temperature'] for r in rs)} | {_ms(r['ece_before'] for r in rs)} | "
+        print("| analysis | data | method | temperature | ECE before | ECE after (in-sample) | held-out cells | runs |")
+        print("|---|---|---|---:|---:|---:|---:|---:|")
+        for group in dict.fromkeys((r["analysis"], r["dataset"], r["method"]) for r in cal):
+            rs = [r for r in cal if (r["analysis"], r["dataset"], r["method"]) == group]
+            print(f"| {group[0]} | {group[1]} | {METHOD_NAMES[group[2]]} | {_ms(r['temperature'] for r in rs)} | "
+                  f"{_ms(r['ece_before'] for r in rs)} | "
                   f"{_ms(r['ece_after'] for r in rs)} | {statistics.mean(r['n_calibration'] for r in rs):.0f} | {len(rs)} |")
     if rows:
         print(f"\nload average (1 min) at the runs' starts {min(r['load_start'] for r in rows):.1f}–"
@@ -459,6 +479,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(PEERS), choices=PEERS, help="peers and loto")
     parser.add_argument("--attention", default="ppr", choices=ATTENTIONS, help="GenoHoption in peers and loto")
     parser.add_argument("--max-epochs", type=int, default=20, help="GenoHoption in peers and loto")
+    parser.add_argument("--ensemble", type=int, default=ENSEMBLE_MEMBERS,
+                        help="GenoHoption in peers and loto: models averaged (1: one model)")
     parser.add_argument("--false-unknown-rate", type=float, default=0.05)
     parser.add_argument("--loto-seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--loto-types", nargs="+", default=list(PBMC3K_TYPES), choices=PBMC3K_TYPES,
