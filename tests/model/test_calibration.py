@@ -13,14 +13,8 @@ TRAIN = {"max_epochs": 4, "batch_size": 32, "lr": 3e-3, "enable_progress_bar": F
 
 
 @pytest.fixture(scope="module")
-def data():
-    adata = gh.datasets.pbmc68k_reduced()
-    keep = adata.obs["bulk_labels"].value_counts().index[:5]
-    adata = adata[adata.obs["bulk_labels"].isin(keep)].copy()
-    adata.obs["bulk_labels"] = adata.obs["bulk_labels"].astype(str).astype("category")
-    gh.pp.build_gene_graph(adata, prior=None, min_corr=0.2)
-    in_ref = adata.obs["lane"].isin(list("123456")).to_numpy()
-    return adata[in_ref].copy(), adata[~in_ref].copy()
+def data(five_type_pbmc):
+    return five_type_pbmc
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,8 @@ TRAIN = {"max_epochs": 2, "batch_size": 32, "lr": 3e-3, "train_size": 0.8, "earl
 
 
 @pytest.fixture(scope="module")
-def data():
-    adata = gh.datasets.pbmc68k_reduced()
-    keep = adata.obs["bulk_labels"].value_counts().index[:5]
-    adata = adata[adata.obs["bulk_labels"].isin(keep)].copy()
-    adata.obs["bulk_labels"] = adata.obs["bulk_labels"].astype(str).astype("category")
-    gh.pp.build_gene_graph(adata, prior=None, min_corr=0.2)
-    in_ref = adata.obs["lane"].isin(list("123456")).to_numpy()
-    ref, query = adata[in_ref].copy(), adata[~in_ref].copy()
+def data(five_type_pbmc):
+    ref, query = five_type_pbmc
     gh.GenoHoptionModel.setup_anndata(ref, labels_key="bulk_labels")
     return ref, query
 

@@ -221,6 +221,26 @@ def check_predict_args(key_added: str, unknown_threshold) -> None:
                          f"{unknown_threshold!r}.")
 
 
+def calibrated_settings(unknown_threshold, calibration: dict[str, Any] | None, owner: str) -> tuple[Any, float]:
+    """Resolve ``unknown_threshold="calibrated"`` with a calibration record; return (threshold, temperature).
+
+    ``owner`` names the object in the error (``"model"``, ``"ensemble"``). Without a record the temperature is 1.
+
+    Raises
+    ------
+    ValueError
+        For a string other than "calibrated", or "calibrated" without a calibration record.
+    """
+    if isinstance(unknown_threshold, str):
+        if unknown_threshold != "calibrated":
+            raise ValueError(f"unknown_threshold={unknown_threshold!r}: give a number in [0, 1], 'calibrated' or None.")
+        if calibration is None:
+            raise ValueError(f"unknown_threshold='calibrated' needs a calibrated {owner}: call "
+                             f"{owner}.calibrate(held_out_cells) first, or give a number in [0, 1].")
+        unknown_threshold = calibration["threshold"]
+    return unknown_threshold, (calibration["temperature"] if calibration is not None else 1.0)
+
+
 def calibration_record(logits: np.ndarray, codes: np.ndarray, *, false_unknown_rate: float) -> dict[str, Any]:
     """Temperature, Unknown threshold and calibration errors from held-out cells' ``logits`` and true ``codes``.
 

@@ -17,7 +17,13 @@ from scvi import settings as scvi_settings
 
 from .. import _constants as K
 from ..tl._calibration import scaled_probabilities
-from ._annotation import AnnotationTask, calibration_record, check_predict_args, write_predictions
+from ._annotation import (
+    AnnotationTask,
+    calibrated_settings,
+    calibration_record,
+    check_predict_args,
+    write_predictions,
+)
 from ._model import GenoHoptionModel
 from ._resume import EpochSeed
 
@@ -300,16 +306,8 @@ class GenoHoptionEnsemble:
             For an ``unknown_threshold`` that is not a number in [0, 1], "calibrated" or None, "calibrated"
             before :meth:`calibrate`, or a query the members cannot read.
         """
-        if isinstance(unknown_threshold, str):
-            if unknown_threshold != "calibrated":
-                raise ValueError(f"unknown_threshold={unknown_threshold!r}: give a number in [0, 1], 'calibrated' "
-                                 "or None.")
-            if self.calibration_ is None:
-                raise ValueError("unknown_threshold='calibrated' needs a calibrated ensemble: call "
-                                 "ensemble.calibrate() first, or give a number in [0, 1].")
-            unknown_threshold = self.calibration_["threshold"]
+        unknown_threshold, temperature = calibrated_settings(unknown_threshold, self.calibration_, "ensemble")
         check_predict_args(key_added, unknown_threshold)
-        temperature = self.calibration_["temperature"] if self.calibration_ is not None else 1.0
         query, _, scores = self._scores(adata, batch_size)
         record = {"attention": self.members[0].params["attention"], "n_members": self.n_members}
         return write_predictions(query, scores, self.classes, key_added=key_added, temperature=temperature,

@@ -25,7 +25,7 @@ from .._validate import as_anndata, check_csr_structure, check_graph, value_scal
 from ..module._annotation import CELL_EMBEDDINGS, GENE_TOKENS
 from ..module._inputs import resolve_conventions
 from ..nn._heads import INPUT_NORMS
-from ._annotation import AnnotationTask
+from ._annotation import AnnotationTask, calibrated_settings
 from ._backed import GenoHoptionDataManager
 from ._batch import check_batch_params, n_batches, resolve_batches
 from ._distributed import is_global_zero
@@ -929,15 +929,7 @@ class GenoHoptionModel(BaseModelClass):
             reverse; see :attr:`value_scale_`).
         """
         self._task.require("predict")
-        if isinstance(unknown_threshold, str):
-            if unknown_threshold != "calibrated":
-                raise ValueError(f"unknown_threshold={unknown_threshold!r}: give a number in [0, 1], 'calibrated' "
-                                 "or None.")
-            if self.calibration_ is None:
-                raise ValueError("unknown_threshold='calibrated' needs a calibrated model: call "
-                                 "model.calibrate(held_out_cells) first, or give a number in [0, 1].")
-            unknown_threshold = self.calibration_["threshold"]
-        temperature = self.calibration_["temperature"] if self.calibration_ is not None else 1.0
+        unknown_threshold, temperature = calibrated_settings(unknown_threshold, self.calibration_, "model")
         return self._task.predict(self.module, self._resolve(adata), batch_size=batch_size, key_added=key_added,
                                   temperature=temperature, unknown_threshold=unknown_threshold)
 
