@@ -18,7 +18,8 @@ Analyses (``--analyses``; default ``peers loto``):
 
 - ``peers``: GenoHoption (the main job's recipe, ``genohoption.cli._annotate.train_recipe``: dropout 0.2,
   20 epochs, 10 % of the reference held out for calibration, weights averaged over the second half of
-  the epochs), scANVI
+  the epochs; ``--ensemble 3`` models from different random starts, probabilities averaged, as
+  ``genohoption annotate``; ``--ensemble 1``: one model, a row of its own), scANVI
   (scvi-tools, from counts: pbmc68k's are ``rint(expm1(X) * n_counts / 1e4)``, PBMC 3k's the same with
   ``nCount_RNA``; SCVI with scvi-tools' defaults, then SCANVI 20 epochs with 100 cells per label, as
   scvi-tools' tutorial), CellTypist (its own training on the reference, ``celltypist.train``, without
