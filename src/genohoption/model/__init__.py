@@ -4,6 +4,7 @@ from . import _quiet  # noqa: F401  (first: filters warnings of the imports belo
 from ._callbacks import PreciseBatchNorm
 from ._ensemble import GenoHoptionEnsemble
 from ._export import export_pretrained
+from ._fit import quiet_training
 from ._model import GenoHoptionModel
 from ._pretrained import (
     CheckpointError,
@@ -39,5 +40,6 @@ __all__ = [
     "export_pretrained",
     "load_pretrained_weights",
     "map_genes",
+    "quiet_training",
     "read_pretrained",
 ]

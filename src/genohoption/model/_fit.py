@@ -57,6 +57,10 @@ class _DropAdvertisements(logging.Filter):
 def quiet_training() -> Iterator[None]:
     """Within the block, hide third-party noise that says nothing about the user's run.
 
+    Every :meth:`GenoHoptionModel.train` and ``pretrain`` runs inside it; wrap the training of another
+    Lightning-based model with it (e.g. scvi-tools' ``SCANVI.train`` beside GenoHoption in a notebook) to
+    hide the same lines there: ``with gh.model.quiet_training(): scanvi.train()``.
+
     Lightning's internal deprecations (:data:`HIDDEN_WARNINGS`) are filtered by message, category and module,
     and its advertisement log line (:data:`ADVERTISEMENTS`) and routine hardware / end-of-fit lines
     (:data:`ROUTINE_INFO`, unless :data:`SHOW_ROUTINE_INFO`) are dropped from the logger that emits them; every
