@@ -231,7 +231,8 @@ def test_annotate_tiny_run_with_plot(files, tmp_path, capsys):
                        "--max-epochs", "1", "--prior", "none", "--threads", "1", "--seed", "0",
                        "--ensemble", "1", "--out", str(out_dir)], capsys)
     assert rc == 0, err
-    assert json.loads((out_dir / "metrics.json").read_text())["ensemble"] == 1
+    recorded = json.loads((out_dir / "metrics.json").read_text())
+    assert recorded["ensemble"] == 1 and recorded["recipe"] == "swa"
     assert (out_dir / "umap.png").stat().st_size > 10_000
     assert (out_dir / "umap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     _, written = _check_outputs(out_dir, files["query"], seed=0)

@@ -266,7 +266,7 @@ def run(args: argparse.Namespace) -> dict:
                      "pretrain_epochs": args.pretrain_epochs,
                      "validation_fraction": args.validation_fraction,
                      "calibration_fraction": 0.0 if args.validation_fraction else args.calibration_fraction,
-                     "recipe": RECIPE_NAME}
+                     "recipe": RECIPE_NAME + ("-ensemble" if args.ensemble > 1 else "")}
     has_labels = labels_key in query.obs
     if has_labels:  # a reference type for every cell (the probabilities' argmax): the figures beside the baseline's
         metrics.update(gh.tl.annotation_metrics(reference_type_predictions(query, labels_key), labels_key))
@@ -310,8 +310,9 @@ def held_out_fraction(args: argparse.Namespace) -> float:
     return args.validation_fraction or args.calibration_fraction
 
 
-RECIPE_NAME = "swa-ensemble"
-"""Name of the training recipe of :func:`train_recipe`, recorded in ``metrics.json``."""
+RECIPE_NAME = "swa"
+"""Name of the training recipe of :func:`train_recipe`, recorded in ``metrics.json`` (``swa-ensemble`` for several
+models)."""
 
 MAX_EPOCHS = 20
 """Default epochs of the main job."""
