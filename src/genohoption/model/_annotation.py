@@ -241,6 +241,36 @@ def calibrated_settings(unknown_threshold, calibration: dict[str, Any] | None, o
     return unknown_threshold, (calibration["temperature"] if calibration is not None else 1.0)
 
 
+def check_false_unknown_rate(false_unknown_rate) -> None:
+    """Raise ``ValueError`` unless ``calibrate``'s ``false_unknown_rate`` is in ``(0, 1)``."""
+    if not 0.0 < float(false_unknown_rate) < 1.0:
+        raise ValueError(f"false_unknown_rate must be in (0, 1), got {false_unknown_rate!r}.")
+
+
+def calibration_labels(task: AnnotationTask, adata, labels_key: str | None, registry: dict):
+    """Return ``calibrate``'s cells as an AnnData and the logit index of each one's label.
+
+    ``labels_key`` defaults to the ``labels_key`` of ``registry``'s set-up. Used by the model and the ensemble.
+
+    Raises
+    ------
+    ValueError
+        For labels the model does not know.
+    TypeError
+        If ``adata`` is not an AnnData / MuData.
+    KeyError
+        If ``labels_key`` is not a column of ``adata.obs``.
+    """
+    from .._validate import as_anndata
+
+    adata = as_anndata(adata, allow_backed=True)
+    labels_key = labels_key or registry["setup_args"]["labels_key"]
+    if labels_key not in adata.obs:
+        raise KeyError(f"labels_key={labels_key!r} is not a column of adata.obs; available: "
+                       f"{list(adata.obs.columns)}.")
+    return adata, task.label_codes(adata.obs[labels_key])
+
+
 def calibration_record(logits: np.ndarray, codes: np.ndarray, *, false_unknown_rate: float) -> dict[str, Any]:
     """Temperature, Unknown threshold and calibration errors from held-out cells' ``logits`` and true ``codes``.
 

@@ -20,7 +20,9 @@ from ..tl._calibration import scaled_probabilities
 from ._annotation import (
     AnnotationTask,
     calibrated_settings,
+    calibration_labels,
     calibration_record,
+    check_false_unknown_rate,
     check_predict_args,
     write_predictions,
 )
@@ -252,8 +254,7 @@ class GenoHoptionEnsemble:
         KeyError
             If ``labels_key`` is not a column of ``adata.obs``.
         """
-        if not 0.0 < float(false_unknown_rate) < 1.0:
-            raise ValueError(f"false_unknown_rate must be in (0, 1), got {false_unknown_rate!r}.")
+        check_false_unknown_rate(false_unknown_rate)
         first = self.members[0]
         source = "given cells"
         if adata is None:
@@ -265,11 +266,7 @@ class GenoHoptionEnsemble:
                 raise ValueError("The members held out different cells (trained separately): pass labelled cells none "
                                  "of them trained on, ensemble.calibrate(held_out).")
             adata, source = first.adata[held[0]].copy(), "validation cells"
-        labels_key = labels_key or first.registry_["setup_args"]["labels_key"]
-        if labels_key not in adata.obs:
-            raise KeyError(f"labels_key={labels_key!r} is not a column of adata.obs; available: "
-                           f"{list(adata.obs.columns)}.")
-        codes = first._task.label_codes(adata.obs[labels_key])
+        adata, codes = calibration_labels(first._task, adata, labels_key, first.registry_)
         _, _, scores = self._scores(adata, batch_size)
         self.calibration_ = {**calibration_record(scores, codes, false_unknown_rate=false_unknown_rate),
                              "source": source, "n_members": self.n_members}

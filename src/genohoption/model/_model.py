@@ -25,7 +25,7 @@ from .._validate import as_anndata, check_csr_structure, check_graph, value_scal
 from ..module._annotation import CELL_EMBEDDINGS, GENE_TOKENS
 from ..module._inputs import resolve_conventions
 from ..nn._heads import INPUT_NORMS
-from ._annotation import AnnotationTask, calibrated_settings
+from ._annotation import AnnotationTask, calibrated_settings, calibration_labels, check_false_unknown_rate
 from ._backed import GenoHoptionDataManager
 from ._batch import check_batch_params, n_batches, resolve_batches
 from ._distributed import is_global_zero
@@ -837,8 +837,7 @@ class GenoHoptionModel(BaseModelClass):
         """
         if not isinstance(self._task, AnnotationTask):
             raise self._task._wrong("calibrate")
-        if not 0.0 < float(false_unknown_rate) < 1.0:
-            raise ValueError(f"false_unknown_rate must be in (0, 1), got {false_unknown_rate!r}.")
+        check_false_unknown_rate(false_unknown_rate)
         source = "given cells"
         if adata is None:
             held_out = getattr(self, "validation_indices", None)
@@ -848,12 +847,7 @@ class GenoHoptionModel(BaseModelClass):
                     "labelled cells it did not train on, model.calibrate(held_out), or train with train_size < 1."
                 )
             adata, source = self.adata[np.sort(np.asarray(held_out))].copy(), "validation cells"
-        adata = as_anndata(adata, allow_backed=True)
-        labels_key = labels_key or self.registry_["setup_args"]["labels_key"]
-        if labels_key not in adata.obs:
-            raise KeyError(f"labels_key={labels_key!r} is not a column of adata.obs; available: "
-                           f"{list(adata.obs.columns)}.")
-        codes = self._task.label_codes(adata.obs[labels_key])
+        adata, codes = calibration_labels(self._task, adata, labels_key, self.registry_)
         record = self._task.calibrate(self.module, self._resolve(adata), codes,
                                       false_unknown_rate=false_unknown_rate, batch_size=batch_size)
         self.calibration_ = {**record, "source": source}
